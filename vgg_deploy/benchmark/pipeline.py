@@ -1,0 +1,162 @@
+"""The benchmark step: RUN/ + RUN/export/ -> RUN/benchmark/ (report.json, report.md, plots)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vgg_deploy.batches import load_batches, run_batches
+from vgg_deploy.benchmark.accuracy import accuracy_figures
+from vgg_deploy.benchmark.machine import describe_machine
+from vgg_deploy.benchmark.report import terminal_table, write_report
+from vgg_deploy.benchmark.stats import TimingPolicy, measure, summarize
+from vgg_deploy.console import console
+from vgg_deploy.data import scan_image_folder
+from vgg_deploy.errors import AccuracyGateError, DataError, UnavailableError, VggDeployError
+from vgg_deploy.export.manifest import read_manifest
+from vgg_deploy.fileio import check_writable_dir, sha256_file
+from vgg_deploy.runfolder import open_run
+from vgg_deploy.runners import OnnxRuntimeRunner, Runner, TorchRunner
+
+BASELINE = "pytorch"
+BENCHMARK_DIR = "benchmark"
+
+
+@dataclass
+class BenchmarkOptions:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    data: str | None = None
+    threads: int | None = None
+    max_accuracy_drop: float | None = None
+    provider: str = "cpu"  # onnxruntime execution provider for ONNX artifacts
+    eval_batch_size: int = 16
+    timing: TimingPolicy = field(default_factory=TimingPolicy)
+
+
+def _runner_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> Runner:
+    path = export_dir / entry["path"]
+    if entry["format"] == "tensorrt":
+        from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(path, name=entry["name"], precision=entry["precision"])
+    return OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider, threads=options.threads,
+                             precision=entry["precision"])
+
+
+def _latency(runner: Runner, pool: np.ndarray, options: BenchmarkOptions) -> tuple[dict, dict]:
+    latency, throughput = {}, {}
+    for batch_size in options.batch_sizes:
+        reps = -(-batch_size // len(pool))
+        batch = np.concatenate([pool] * reps)[:batch_size]
+        prepared = runner.prepare(batch)  # outside the timed region: decoding and host-to-device copies
+
+        def step():
+            runner.run(prepared)
+            runner.synchronize()
+
+        stats, ips = summarize(measure(step, options.timing), batch_size=batch_size)
+        latency[str(batch_size)], throughput[str(batch_size)] = stats, ips
+    return latency, throughput
+
+
+def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names, options) -> dict:
+    result = {"artifact": runner.name, **runner.describe(), "status": "ok", "reason": None}
+    try:
+        with runner:
+            logits = run_batches(runner, batches)
+            result["accuracy"] = accuracy_figures(logits, labels, baseline_logits if baseline_logits is not None else logits,
+                                                  class_names)
+            pool = np.concatenate(batches)[: max(options.batch_sizes)]
+            result["latency_ms"], result["throughput_ips"] = _latency(runner, pool, options)
+            return result | {"_logits": logits}
+    except UnavailableError as err:
+        return result | {"status": "skipped", "reason": str(err)}
+    except ImportError as err:
+        return result | {"status": "skipped", "reason": f"missing package: {err.name or err}"}
+    except Exception as err:  # noqa: BLE001 - one failing artifact is reported, the others still run
+        return result | {"status": "failed", "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+
+
+def _eval_items(run, data: str | None):
+    if data is None:
+        split = run.split()
+        return split.absolute(split.val), f"val split of {run.path}"
+    class_names, samples = scan_image_folder(Path(data))
+    if class_names != run.class_names:
+        raise DataError(f"--data {data} has classes {class_names}; the model was trained on {run.class_names}")
+    return samples, str(data)
+
+
+def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
+    import torch
+
+    run = open_run(run_dir)
+    export_dir = run.path / "export"
+    manifest = read_manifest(export_dir)
+    out = check_writable_dir(run.path / BENCHMARK_DIR)
+    if any(b < 1 for b in options.batch_sizes):
+        raise VggDeployError(f"--batch-sizes must be positive (got {options.batch_sizes})")
+    threads = options.threads or os.cpu_count() or 1
+    options.threads = threads
+    torch.set_num_threads(threads)
+    items, data_label = _eval_items(run, options.data)
+    batches, labels = load_batches(items, run.preprocessing, batch_size=options.eval_batch_size)
+    if not batches:
+        raise DataError(f"no images to evaluate in {data_label}")
+    console.print(f"evaluating on {len(labels)} images ({data_label}); {threads} threads; batch sizes {options.batch_sizes}")
+
+    results = []
+    console.print(f"{BASELINE}: PyTorch eager FP32")
+    baseline = _evaluate(TorchRunner(run.load_model(), name=BASELINE), batches, labels, None, run.class_names, options)
+    if baseline["status"] != "ok":
+        raise VggDeployError(f"the PyTorch baseline failed: {baseline['reason']}")
+    baseline_logits = baseline.pop("_logits")
+    results.append(baseline)
+    for entry in manifest["artifacts"]:
+        console.print(f"{entry['name']}: {entry['format']} {entry['precision']}")
+        path = export_dir / entry["path"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            result = {"artifact": entry["name"], "backend": entry["format"], "precision": entry["precision"],
+                      "status": "failed", "reason": f"{entry['path']} is missing or differs from the manifest's sha256"}
+        else:
+            result = _evaluate(_runner_for(entry, export_dir, options), batches, labels, baseline_logits,
+                               run.class_names, options)
+            result.pop("_logits", None)
+        result["bytes"] = entry["bytes"]
+        results.append(result)
+    for skipped in manifest.get("skipped", []):
+        results.append({"artifact": skipped["name"], "backend": "tensorrt", "precision": skipped["name"].split("-")[-1],
+                        "status": "skipped", "reason": f"not exported: {skipped['reason']}"})
+
+    report = {
+        "baseline": BASELINE,
+        "run": str(run.path.resolve()),
+        "machine": describe_machine(),
+        "settings": {"batch_sizes": options.batch_sizes, "threads": threads, "provider": options.provider,
+                     "images": int(len(labels)), "data": data_label, "timing": asdict(options.timing), "max_accuracy_drop": options.max_accuracy_drop},
+        "results": results,
+    }
+    write_report(out, report)
+    from vgg_deploy.plots import plot_benchmark
+
+    plot_benchmark(report, out)
+    console.print(terminal_table(report))
+    console.print(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    _gate(report, options.max_accuracy_drop)
+    return report
+
+
+def _gate(report: dict, max_drop: float | None) -> None:
+    if max_drop is None:
+        return
+    base = next(r for r in report["results"] if r["artifact"] == report["baseline"])["accuracy"]["top1"]
+    losers = [
+        f"{r['artifact']} ({100 * (base - r['accuracy']['top1']):.2f} points)"
+        for r in report["results"]
+        if r["status"] == "ok" and r["artifact"] != report["baseline"] and 100 * (base - r["accuracy"]["top1"]) > max_drop
+    ]
+    if losers:
+        raise AccuracyGateError(f"top-1 below the baseline by more than {max_drop} points: {', '.join(losers)}")

@@ -1,0 +1,69 @@
+"""report.json (the contract), report.md, and the terminal table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from vgg_deploy.fileio import write_json, write_text
+
+
+def _latency_cell(result: dict, batch: str) -> str:
+    stats = result.get("latency_ms", {}).get(batch)
+    return f"{stats['p50']:.2f}" if stats else "-"
+
+
+def _fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    batches = [str(b) for b in report["settings"]["batch_sizes"]]
+    header = ["artifact", "backend", "precision", "status", "top-1", "agree", "max|dlogit|"]
+    header += [f"p50 ms b{b}" for b in batches] + [f"img/s b{batches[-1]}", "MB"]
+    lines = []
+    for r in report["results"]:
+        acc = r.get("accuracy") or {}
+        throughput = (r.get("throughput_ips") or {}).get(batches[-1])
+        lines.append(
+            [r["artifact"], r["backend"], r["precision"], r["status"], _fmt(acc.get("top1"), ".4f"),
+             _fmt(acc.get("agreement"), ".4f"), _fmt(acc.get("max_abs_logit_diff"), ".3g")]
+            + [_latency_cell(r, b) for b in batches]
+            + [_fmt(throughput, ".1f"), _fmt((r.get("bytes") or 0) / 1e6, ".0f") if r.get("bytes") else "-"]
+        )
+    return header, lines
+
+
+def terminal_table(report: dict) -> Table:
+    header, lines = rows(report)
+    table = Table(title=f"benchmark (baseline: {report['baseline']})")
+    for name in header:
+        table.add_column(name, justify="left" if name in ("artifact", "backend", "precision", "status") else "right")
+    for line in lines:
+        table.add_row(*line)
+    return table
+
+
+def markdown(report: dict) -> str:
+    header, lines = rows(report)
+    machine = report["machine"]
+    out = [
+        f"# Benchmark: {report['run']}",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']['name']}" if machine.get("gpu") else ""),
+        f"Threads: {report['settings']['threads']}; images: {report['settings']['images']} ({report['settings']['data']})",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    notes = [f"- {r['artifact']}: {r['status']}: {r['reason']}" for r in report["results"] if r.get("reason")]
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out) + "\n"
+
+
+def write_report(folder: Path, report: dict) -> None:
+    write_json(folder / "report.json", report)
+    write_text(folder / "report.md", markdown(report))

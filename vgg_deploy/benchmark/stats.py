@@ -1,0 +1,50 @@
+"""Latency measurement and its statistics. The clock is injectable so the statistics are testable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    warmup_iterations: int = 5
+    warmup_seconds: float = 1.0  # warm up for at least this long too: first calls run far slower
+    min_iterations: int = 5
+    max_iterations: int = 100
+    time_budget_s: float = 10.0
+
+
+def measure(step: Callable[[], None], policy: TimingPolicy, *, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Durations in seconds of `step` (which must include any device synchronisation)."""
+    start = clock()
+    done = 0
+    while done < policy.warmup_iterations or clock() - start < policy.warmup_seconds:
+        step()
+        done += 1
+    durations: list[float] = []
+    budget_start = clock()
+    while len(durations) < policy.max_iterations:
+        t0 = clock()
+        step()
+        durations.append(clock() - t0)
+        if len(durations) >= policy.min_iterations and clock() - budget_start >= policy.time_budget_s:
+            break
+    return durations
+
+
+def summarize(durations_s: list[float], *, batch_size: int) -> tuple[dict, float]:
+    """({p50, p90, p99, mean, iterations} in ms, throughput in images/s)."""
+    ms = np.asarray(durations_s, dtype=np.float64) * 1000.0
+    stats = {
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+        "iterations": int(ms.size),
+    }
+    throughput = batch_size / (stats["mean"] / 1000.0) if stats["mean"] > 0 else float("inf")
+    return stats, throughput

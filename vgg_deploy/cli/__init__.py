@@ -1,0 +1,24 @@
+"""`vgg-deploy`: one Typer app; each command lives in its own module and only parses and delegates."""
+
+from __future__ import annotations
+
+import typer
+
+from vgg_deploy.cli import benchmark, demo, export, finetune, sample_data
+
+app = typer.Typer(
+    name="vgg-deploy",
+    help="A folder of labelled images to deployable, measured VGG16 models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("finetune")(finetune.finetune_command)
+app.command("export")(export.export_command)
+app.command("benchmark")(benchmark.benchmark_command)
+app.command("sample-data")(sample_data.sample_data_command)
+app.command("demo")(demo.demo_command)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from vgg_deploy.cli.errors import user_errors
+
+
+class Case(str, Enum):
+    auto = "auto"
+    small_similar = "small-similar"
+    small_different = "small-different"
+    large_similar = "large-similar"
+    large_different = "large-different"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def finetune_command(
+    data: Path = typer.Argument(..., help="ImageFolder: one sub-folder per class (or train/ and val/ holding them)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
+    case: Case = typer.Option(Case.auto, help="Transfer-learning case; auto estimates size and similarity."),
+    weights: str = typer.Option("imagenet", help="imagenet, none, or PATH to a VGG16 state dict (.safetensors/.pt)."),
+    image_size: int = typer.Option(224, min=32, help="Square input side in pixels."),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    lr: float = typer.Option(None, help="Head learning rate (default 1e-3 pretrained, 3e-4 from scratch)."),
+    val_split: float = typer.Option(0.2, help="Validation fraction when DATA has no train/ and val/."),
+    seed: int = typer.Option(0),
+    device: Device = typer.Option(Device.auto),
+    precision: Precision = typer.Option(Precision.auto, help="Autocast precision; auto = bf16/fp16 where native."),
+    patience: int = typer.Option(5, min=1, help="Early stopping: epochs without val top-1 gain."),
+    skip_bad_images: bool = typer.Option(False, help="Leave corrupt images out (listed in RUN) instead of stopping."),
+    workers: int = typer.Option(None, min=0, help="Data-loading worker processes (default: cores - 1)."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out with its saved configuration."),
+) -> None:
+    """Fine-tune VGG16 on DATA with the freezing scheme that fits it."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        data=str(data), out=str(out), case=case.value, weights=weights, image_size=image_size, epochs=epochs,
+        batch_size=batch_size, lr=lr, val_split=val_split, seed=seed, device=device.value,
+        precision=precision.value, patience=patience, skip_bad_images=skip_bad_images, workers=workers,
+    )
+    with user_errors():
+        finetune(config, resume=resume)

@@ -1,0 +1,178 @@
+"""The export step. Each artifact has its own small builder; this module orders them and keeps the books."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vgg_deploy.batches import load_batches, run_batches, stratified_sample
+from vgg_deploy.console import console
+from vgg_deploy.errors import ExportError, UnavailableError, VggDeployError
+from vgg_deploy.export import manifest as mf
+from vgg_deploy.export.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_fp32
+from vgg_deploy.export.parity import compare
+from vgg_deploy.export.tensorrt_meta import BatchProfile
+from vgg_deploy.fileio import check_writable_dir, sha256_file
+from vgg_deploy.runfolder import WEIGHTS, open_run
+from vgg_deploy.runners import OnnxRuntimeRunner, TorchRunner
+
+EXPORT_DIR = "export"
+# What each artifact is built from.
+SOURCE = {"onnx-fp16": "onnx", "onnx-int8": "onnx", "trt-fp16": "onnx-fp16", "trt-int8": "onnx-int8"}
+
+
+@dataclass
+class ExportOptions:
+    formats: list[str] = field(default_factory=lambda: ["onnx", "onnx-fp16", "onnx-int8"])
+    calib_images: int = 128
+    calib_method: str = "entropy"
+    max_accuracy_drop: float | None = None
+    check_images: int | None = 256  # val images for parity/accuracy checks (None: all)
+    batch_size: int = 16
+    profile: BatchProfile = field(default_factory=BatchProfile)
+    workspace_gib: float = 4.0
+    seed: int = 0
+
+
+def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(formats to build, in order, dependencies included; {format: why skipped}) for 'all' or a list."""
+    want_all = "all" in requested
+    unknown = [f for f in requested if f != "all" and f not in mf.ARTIFACT_NAMES]
+    if unknown:
+        raise VggDeployError(f"unknown format(s) {', '.join(unknown)}; choose from all, {', '.join(mf.ARTIFACT_NAMES)}")
+    wanted = set(mf.ARTIFACT_NAMES) if want_all else set(requested)
+    skipped: dict[str, str] = {}
+    if any(f.startswith("trt-") for f in wanted):
+        from vgg_deploy.export.tensorrt_meta import detect_environment
+
+        try:
+            detect_environment()
+        except UnavailableError as err:
+            if not want_all:
+                raise UnavailableError(f"cannot build {', '.join(sorted(f for f in wanted if f.startswith('trt-')))}: {err}") from None
+            for f in [f for f in wanted if f.startswith("trt-")]:
+                skipped[f] = str(err)
+                wanted.discard(f)
+    closure = set(wanted)
+    for f in wanted:
+        while f in SOURCE:
+            f = SOURCE[f]
+            closure.add(f)
+    return [f for f in mf.ARTIFACT_NAMES if f in closure], skipped
+
+
+def export(run_dir: str | Path, options: ExportOptions) -> dict:
+    run = open_run(run_dir)
+    formats, skipped = resolve_formats(options.formats)
+    export_dir = check_writable_dir(run.path / EXPORT_DIR)
+    model = run.load_model()
+    checkpoint_sha = sha256_file(run.path / WEIGHTS)
+    pp = run.preprocessing
+    split = run.split()
+    try:
+        previous = mf.read_manifest(export_dir)
+    except VggDeployError:
+        previous = {"artifacts": []}
+    if previous.get("source_checkpoint_sha256") != checkpoint_sha:
+        previous = {"artifacts": []}  # artifacts of another checkpoint are never carried over
+    kept = {e["name"]: e for e in previous["artifacts"] if mf.still_valid(export_dir, e)}
+
+    check_items = stratified_sample(split.absolute(split.val), options.check_images, seed=options.seed)
+    val_batches, val_labels = load_batches(check_items, pp, batch_size=options.batch_size)
+    if not val_batches:
+        raise ExportError("the run's val split is empty; parity and accuracy cannot be checked")
+    with TorchRunner(model, name="pytorch") as torch_runner:
+        reference = run_batches(torch_runner, val_batches)
+    console.print(f"reference: PyTorch FP32 on {len(val_labels)} val images, top-1 {(reference.argmax(1) == val_labels).mean():.4f}")
+
+    def ort_logits(path: Path) -> np.ndarray:
+        with OnnxRuntimeRunner(path) as runner:
+            return run_batches(runner, val_batches)
+
+    calib_cache: list[np.ndarray] = []
+
+    def calibration_batches() -> list[np.ndarray]:
+        if not calib_cache:
+            items = stratified_sample(split.absolute(split.train), options.calib_images, seed=options.seed)
+            calib_cache.extend(load_batches(items, pp, batch_size=options.batch_size)[0])
+        return calib_cache
+
+    artifacts: dict[str, dict] = {}
+    for name in formats:
+        path = export_dir / mf.FILENAME[name]
+        if name == "onnx" and "onnx" in kept:
+            artifacts[name] = kept[name]
+            console.print(f"onnx: reusing {path.name} (same checkpoint, file unchanged)")
+            continue
+        console.print(f"{name}: building {path.name}")
+        if name == "onnx":
+            info = export_fp32(model, preprocessing=pp, class_names=run.class_names, out=path)
+            figures = _checked_parity(name, "fp32", path, reference, ort_logits(path), val_labels)
+            artifacts[name] = mf.artifact_entry(export_dir, name, **info, parity=figures)
+        elif name == "onnx-fp16":
+            from vgg_deploy.export.fp16 import convert_fp16
+
+            info = convert_fp16(export_dir / mf.FILENAME["onnx"], path, batches=calibration_batches()[:2],
+                                input_name=INPUT_NAME)
+            if info["kept_fp32_nodes"]:
+                console.print(f"onnx-fp16: kept in FP32 to avoid FP16 overflow: {', '.join(info['kept_fp32_nodes'])}")
+            figures = _checked_parity(name, "fp16", path, reference, ort_logits(path), val_labels)
+            artifacts[name] = mf.artifact_entry(export_dir, name, fp16=info, parity=figures)
+        elif name == "onnx-int8":
+            from vgg_deploy.export.int8 import build_int8
+
+            info = build_int8(
+                export_dir / mf.FILENAME["onnx"], path, calib_batches=calibration_batches(), input_name=INPUT_NAME,
+                method=options.calib_method, cache_dir=export_dir / "calibration", evaluate=ort_logits,
+                reference_logits=reference, labels=val_labels, max_accuracy_drop=options.max_accuracy_drop,
+            )
+            artifacts[name] = mf.artifact_entry(export_dir, name, **info)
+        else:
+            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options)
+
+    entries = {**{k: v for k, v in kept.items() if k not in artifacts}, **artifacts}
+    manifest = {
+        "run": str(run.path.resolve()),
+        "source_checkpoint_sha256": checkpoint_sha,
+        "class_names": run.class_names,
+        "preprocessing": pp.to_dict(),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, pp.image_size, pp.image_size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(run.class_names)], "dtype": "float32"},
+        "checks": {"val_images": int(len(val_labels)), "reference": "pytorch fp32 eager"},
+        "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],
+        "artifacts": list(entries.values()),
+    }
+    mf.write_manifest(export_dir, manifest)
+    for name, reason in skipped.items():
+        console.print(f"skipped {name}: {reason}")
+    console.print(f"manifest: {export_dir / mf.MANIFEST} ({len(manifest['artifacts'])} artifacts)")
+    return manifest
+
+
+def _checked_parity(name, precision, path: Path, reference, logits, labels) -> dict:
+    parity = compare(reference, logits, labels)
+    console.print(f"{name}: parity with PyTorch: {parity.summary()}")
+    if not parity.within(precision):
+        path.unlink(missing_ok=True)
+        raise ExportError(f"{name} is beyond parity tolerance with PyTorch: {parity.summary()}"
+                          + (f", {parity.non_finite} non-finite logits" if parity.non_finite else ""))
+    return parity.to_dict()
+
+
+def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions) -> dict:
+    from vgg_deploy.export.tensorrt_build import build_engine
+    from vgg_deploy.export.tensorrt_meta import detect_environment, make_sidecar, timing_cache_name, write_sidecar
+
+    env = detect_environment()
+    source = export_dir / mf.FILENAME[SOURCE[name]]
+    engine = export_dir / mf.FILENAME[name]
+    workspace = int(options.workspace_gib * (1 << 30))
+    build_engine(source, engine, env=env, input_name=INPUT_NAME, image_size=image_size, profile=options.profile,
+                 workspace_bytes=workspace, timing_cache=export_dir / timing_cache_name(env))
+    sidecar = make_sidecar(env=env, precision=mf.PRECISION[name], profile=options.profile, source_onnx=source.name,
+                           source_sha256=sha256_file(source), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+                           image_size=image_size, strongly_typed=True, workspace_bytes=workspace)
+    write_sidecar(engine, sidecar)
+    return mf.artifact_entry(export_dir, name, engine=sidecar)

@@ -1,0 +1,139 @@
+"""torchvision's VGG16, its named layer groups, and trusted weight loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vgg_deploy.errors import WeightsError
+
+# torchvision VGG16 module paths of each named layer group (design.md, "The four cases").
+# fc6/fc7 include their ReLU and Dropout, so a frozen fc layer's dropout is frozen (eval) with it.
+LAYER_GROUPS: dict[str, tuple[str, slice]] = {
+    "conv1": ("features", slice(0, 5)),
+    "conv2": ("features", slice(5, 10)),
+    "conv3": ("features", slice(10, 17)),
+    "conv4": ("features", slice(17, 24)),
+    "conv5": ("features", slice(24, 31)),
+    "fc6": ("classifier", slice(0, 3)),
+    "fc7": ("classifier", slice(3, 6)),
+    "fc8": ("classifier", slice(6, 7)),
+}
+GROUP_NAMES = tuple(LAYER_GROUPS)
+HEAD = "fc8"
+HEAD_KEYS = ("classifier.6.weight", "classifier.6.bias")
+
+
+def group_modules(model: nn.Module, group: str) -> list[nn.Module]:
+    container, span = LAYER_GROUPS[group]
+    return list(getattr(model, container))[span]
+
+
+def group_parameters(model: nn.Module, group: str) -> list[nn.Parameter]:
+    return [p for m in group_modules(model, group) for p in m.parameters()]
+
+
+def group_of_parameter(name: str) -> str:
+    container, index, _ = name.split(".")
+    for group, (group_container, span) in LAYER_GROUPS.items():
+        if container == group_container and span.start <= int(index) < span.stop:
+            return group
+    raise KeyError(name)
+
+
+def new_vgg16(num_classes: int = 1000) -> nn.Module:
+    from torchvision.models import vgg16
+
+    return vgg16(weights=None, num_classes=num_classes)
+
+
+def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None) -> None:
+    """A freshly initialised fc8 for `num_classes`, with torchvision's own init for VGG linear layers."""
+    generator_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    head = nn.Linear(model.classifier[6].in_features, num_classes)
+    nn.init.normal_(head.weight, 0, 0.01)
+    nn.init.constant_(head.bias, 0)
+    model.classifier[6] = head
+    if seed is not None:
+        torch.random.set_rng_state(generator_state)
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    from torchvision.models import VGG16_Weights
+
+    weights = VGG16_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True)
+    except (OSError, RuntimeError) as err:
+        # urllib's URLError is an OSError; offline and uncached lands here.
+        raise WeightsError(
+            f"could not load ImageNet weights ({weights.url}): {err}. Offline? Put the file in torch's hub cache "
+            f"({torch.hub.get_dir()}/checkpoints), or use --weights PATH (a torchvision VGG16 state dict) "
+            "or --weights none (train from scratch)"
+        ) from None
+
+
+def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            # weights_only: tensors and plain containers only; never run pickled code from a user's file.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to decode means we refuse the file, with its reason
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"refusing weights file {path}: not a safetensors or tensors-only torch file ({reason})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"refusing weights file {path}: expected a state dict of tensors")
+    return state
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> bool:
+    """Load a torchvision-layout VGG16 state dict except fc8 (which transfer learning re-initialises).
+
+    Returns True when the file's fc8 was a 1000-way ImageNet head and was loaded too (for similarity
+    estimation, before the head is replaced).
+    """
+    reference = new_vgg16(1000).state_dict()
+    body_keys = [k for k in reference if k not in HEAD_KEYS]
+    missing = [k for k in body_keys if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise WeightsError(f"{source} is not a torchvision VGG16 state dict ({detail})")
+    for key in body_keys:
+        if tuple(state[key].shape) != tuple(reference[key].shape):
+            raise WeightsError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, VGG16 needs {tuple(reference[key].shape)}"
+            )
+    body = {k: state[k].float() for k in body_keys}
+    has_imagenet_head = all(k in state for k in HEAD_KEYS) and state[HEAD_KEYS[0]].shape[0] == 1000
+    if has_imagenet_head and model.classifier[6].out_features == 1000:
+        body.update({k: state[k].float() for k in HEAD_KEYS})
+    model.load_state_dict(body, strict=False)
+    return has_imagenet_head and model.classifier[6].out_features == 1000
+
+
+def pretrained_vgg16(weights: str) -> tuple[nn.Module, dict]:
+    """VGG16 with a 1000-way head, from `imagenet`, `none`, or a local PATH. Returns (model, weights info)."""
+    model = new_vgg16(1000)
+    if weights == "none":
+        return model, {"source": "none", "pretrained": False, "imagenet_head": False}
+    if weights == "imagenet":
+        state = _imagenet_state_dict()
+        load_pretrained(model, state, source="ImageNet weights")
+        return model, {"source": "imagenet", "name": "IMAGENET1K_V1", "pretrained": True, "imagenet_head": True}
+    path = Path(weights).expanduser()
+    state = _file_state_dict(path)
+    has_head = load_pretrained(model, state, source=str(path))
+    return model, {"source": str(path.resolve()), "pretrained": True, "imagenet_head": has_head}

@@ -1,0 +1,72 @@
+"""PNG plots (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vgg_deploy.fileio import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(history: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
+    ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val top-1")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_benchmark(report: dict, folder: Path) -> None:
+    """accuracy_vs_latency.png and latency.png (p50/p90/p99 per artifact and batch size)."""
+    plt = _pyplot()
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    if not ok:
+        return
+    first_batch = str(report["settings"]["batch_sizes"][0])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in ok:
+        x, y = r["latency_ms"][first_batch]["p50"], r["accuracy"]["top1"]
+        ax.scatter([x], [y])
+        ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel=f"p50 latency, batch {first_batch} (ms)", ylabel="top-1", title="accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(folder / "accuracy_vs_latency.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    batches = [str(b) for b in report["settings"]["batch_sizes"]]
+    fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        names = [r["artifact"] for r in ok]
+        for i, r in enumerate(ok):
+            stats = r["latency_ms"][batch]
+            ax.errorbar([i], [stats["p50"]], yerr=[[0.0], [stats["p99"] - stats["p50"]]],
+                        fmt="o", capsize=4)
+            ax.plot([i], [stats["p90"]], "k_", markersize=10)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set(title=f"batch {batch}: p50 (dot), p90 (dash), p99 (bar top)", ylabel="ms")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(folder / "latency.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
