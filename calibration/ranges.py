@@ -30,8 +30,9 @@ METHODS = {
 }
 # Symmetric ranges: TensorRT takes only zero-point-0 int8 Q/DQ.
 _CALIBRATOR_OPTIONS = {"symmetric": True}
-# Batches per collect_data call: histogram calibrators hold every intermediate output of a call in memory.
-_CHUNK = 4
+# One batch per collect_data call: calibrators hold every intermediate output of a call in memory, and
+# stack them, which fails when the last batch is shorter. Ranges and histograms merge across calls.
+_CHUNK = 1
 
 
 def hash_batches(batches: Sequence[np.ndarray]) -> str:

@@ -33,7 +33,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             arr = (arr - lo) / (hi - lo or 1.0) * 255.0
         else:
             arr = arr / top * 255.0
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -73,7 +73,7 @@ def _texture(name: str, size: int, rng: np.random.Generator, fg, bg) -> Image.Im
         v = -xx * math.sin(theta) + yy * math.cos(theta)
         mask = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(bool)
     arr = np.where(mask[..., None], np.array(fg, np.uint8), np.array(bg, np.uint8))
-    return Image.fromarray(arr.astype(np.uint8), "RGB")
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 def draw_sample(class_name: str, index: int, *, size: int = 96, seed: int = 0) -> Image.Image:
@@ -100,7 +100,7 @@ def draw_sample(class_name: str, index: int, *, size: int = 96, seed: int = 0) -
     draw.ellipse([x - r, y - r, x + r, y + r], fill=_random_color(rng))
     arr = np.asarray(img, dtype=np.float32)
     arr += rng.normal(0, rng.uniform(4, 18), size=arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def write_sample_data(out: str | Path, *, images_per_class: int = 60, size: int = 96, seed: int = 0) -> Path:

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from vgg_deploy.benchmark.pipeline import BenchmarkOptions, _gate, benchmark
+from vgg_deploy.benchmark.stats import TimingPolicy
+from vgg_deploy.cli import app
+from vgg_deploy.errors import AccuracyGateError
+
+QUICK = TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=1, max_iterations=2, time_budget_s=0.0)
+
+
+def test_report_contract(benchmark_report, exported_run):
+    on_disk = json.loads((exported_run / "benchmark" / "report.json").read_text())
+    assert on_disk["baseline"] == "pytorch"
+    assert {"cpu", "cores", "versions"} <= set(on_disk["machine"])
+    names = [r["artifact"] for r in on_disk["results"]]
+    assert names == ["pytorch", "onnx", "onnx-fp16", "onnx-int8"]
+    for result in on_disk["results"]:
+        assert {"artifact", "backend", "precision", "status", "reason", "accuracy", "latency_ms", "throughput_ips"} <= set(result)
+        assert result["status"] == "ok"
+        assert {"top1", "top5", "agreement", "max_abs_logit_diff"} <= set(result["accuracy"])
+        assert set(result["latency_ms"]) == {"1", "4"}
+        for stats in result["latency_ms"].values():
+            assert {"p50", "p90", "p99", "mean"} <= set(stats) and stats["p50"] > 0
+        assert len(result["accuracy"]["per_class_top1"]) == 6
+    baseline = on_disk["results"][0]
+    assert baseline["accuracy"]["agreement"] == 1.0 and baseline["accuracy"]["max_abs_logit_diff"] == 0.0
+    fp32 = on_disk["results"][1]["accuracy"]
+    assert fp32["agreement"] == 1.0 and fp32["top1"] == baseline["accuracy"]["top1"]
+    for name in ("report.md", "accuracy_vs_latency.png", "latency.png"):
+        assert (exported_run / "benchmark" / name).stat().st_size > 0
+    assert "| onnx-int8 |" in (exported_run / "benchmark" / "report.md").read_text()
+
+
+@pytest.fixture
+def run_with_odd_artifacts(exported_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    for name in ("model.json", "split.json"):
+        shutil.copy(exported_run / name, run / name)
+    os.link(exported_run / "model.safetensors", run / "model.safetensors")
+    manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
+    onnx_entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
+    os.link(exported_run / "export" / onnx_entry["path"], run / "export" / onnx_entry["path"])
+    broken = run / "export" / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    from vgg_deploy.fileio import sha256_file
+
+    engine = run / "export" / "model.int8.engine"
+    engine.write_bytes(b"an engine from elsewhere")
+    manifest["artifacts"] = [
+        onnx_entry,
+        {**onnx_entry, "name": "onnx-fp16", "precision": "fp16", "path": "broken.onnx", "sha256": sha256_file(broken),
+         "bytes": broken.stat().st_size},
+        {"name": "trt-int8", "format": "tensorrt", "precision": "int8", "path": engine.name,
+         "sha256": sha256_file(engine), "bytes": engine.stat().st_size},
+    ]
+    manifest["skipped"] = [{"name": "trt-fp16", "reason": "TensorRT is not installed"}]
+    (run / "export" / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_skipped_and_failed_artifacts_do_not_stop_the_rest(run_with_odd_artifacts):
+    report = benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK))
+    status = {r["artifact"]: (r["status"], r["reason"]) for r in report["results"]}
+    assert status["pytorch"][0] == "ok" and status["onnx-int8"][0] == "ok"
+    assert status["onnx-fp16"][0] == "failed" and status["onnx-fp16"][1]
+    assert status["trt-int8"][0] == "skipped"
+    assert status["trt-fp16"] == ("skipped", "not exported: TensorRT is not installed")
+
+
+def test_gate_names_the_artifact_and_exits_3(run_with_odd_artifacts):
+    report = {"baseline": "pytorch", "results": [
+        {"artifact": "pytorch", "status": "ok", "accuracy": {"top1": 0.9}},
+        {"artifact": "onnx-int8", "status": "ok", "accuracy": {"top1": 0.85}},
+        {"artifact": "onnx", "status": "ok", "accuracy": {"top1": 0.9}},
+    ]}
+    _gate(report, 10.0)
+    with pytest.raises(AccuracyGateError, match=r"onnx-int8 \(5.00 points\)"):
+        _gate(report, 1.0)
+
+
+def test_cli_gate_exits_3_naming_the_artifact_that_lost_accuracy(exported_run, tmp_path):
+    """An artifact that always answers class 0 loses far more than 5 points against the baseline."""
+    import torch
+    from torch import nn
+
+    from vgg_deploy.fileio import sha256_file
+
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    for name in ("model.json", "split.json"):
+        shutil.copy(exported_run / name, run / name)
+    os.link(exported_run / "model.safetensors", run / "model.safetensors")
+    always_zero = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6)).eval()
+    with torch.no_grad():
+        always_zero[2].weight.zero_()
+        always_zero[2].bias.copy_(torch.tensor([5.0, 0, 0, 0, 0, 0]))
+    path = run / "export" / "model.int8.onnx"
+    torch.onnx.export(always_zero, (torch.zeros(1, 3, 64, 64),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
+                      external_data=False)
+    entry = {"name": "onnx-int8", "format": "onnx", "precision": "int8", "path": path.name,
+             "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (run / "export" / "manifest.json").write_text(json.dumps({"artifacts": [entry]}))
+    args = ["benchmark", str(run), "--batch-sizes", "1", "--iterations", "1", "--time-budget", "0", "--warmup", "0"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    result = CliRunner().invoke(app, args + ["--max-accuracy-drop", "5"])
+    assert result.exit_code == 3
+    assert "onnx-int8" in result.stderr and "Traceback" not in result.output
+
+
+def test_data_with_other_classes_is_refused(exported_run, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(Exception, match="has no images|classes"):
+        benchmark(exported_run, BenchmarkOptions(batch_sizes=[1], data=str(tmp_path), timing=QUICK))

@@ -1,0 +1,99 @@
+"""A small registry of tiny fixtures. Expensive artifacts (a fine-tuned run, its exports, a benchmark
+report) are built once per session and shared; tests that change them work on copies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing them alongside onnxruntime.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+E2E_IMAGE_SIZE = 64
+SMALL_IMAGE_SIZE = 32
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    """The project's own sample data set, full size (6 classes x 60 images)."""
+    from vgg_deploy.sample_data import write_sample_data
+
+    return write_sample_data(tmp_path_factory.mktemp("sample") / "data", images_per_class=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes x 8 images, 48 px: for data-handling and plan tests."""
+    from vgg_deploy.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    write_sample_data(root, images_per_class=8, size=48)
+    for extra in ("cross", "stripes", "checker"):
+        for f in (root / extra).iterdir():
+            f.unlink()
+        (root / extra).rmdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, sample_data) -> Path:
+    """The end-to-end run every export/benchmark test reads: small-similar probe, 64 px, CPU."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    finetune(FinetuneConfig(data=str(sample_data), out=str(out), case="small-similar", weights="none",
+                            image_size=E2E_IMAGE_SIZE, epochs=15, batch_size=32, workers=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run) -> Path:
+    from vgg_deploy.export.pipeline import ExportOptions, export
+
+    export(trained_run, ExportOptions(formats=["onnx", "onnx-fp16", "onnx-int8"], calib_images=48, check_images=72))
+    return trained_run
+
+
+@pytest.fixture(scope="session")
+def benchmark_report(exported_run) -> dict:
+    from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
+    from vgg_deploy.benchmark.stats import TimingPolicy
+
+    return benchmark(exported_run, BenchmarkOptions(
+        batch_sizes=[1, 4], timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
+                                                max_iterations=3, time_budget_s=0.0)))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """A small conv classifier as ONNX (input 'input', output 'logits'): calibration knows nothing of VGG."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    ).eval()
+    path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_shapes={"input": {0: torch.export.Dim("batch")}}, external_data=False)
+    return path
+
+
+@pytest.fixture
+def tiny_batches() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((4, 3, 16, 16)).astype(np.float32) for _ in range(4)]

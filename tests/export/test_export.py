@@ -1,0 +1,174 @@
+"""The three ONNX artifacts of a small-image run, their parity figures, INT8 properties, the manifest,
+calibration reuse, the accuracy-budget fallback, and failures that leave nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+import calibration
+from vgg_deploy.errors import ExportError, RunFolderError, UnavailableError
+from vgg_deploy.export import manifest as mf
+from vgg_deploy.export.int8 import build_int8
+from vgg_deploy.export.pipeline import ExportOptions, export, resolve_formats
+from vgg_deploy.fileio import sha256_file
+
+
+def _manifest(run):
+    return json.loads((run / "export" / "manifest.json").read_text())
+
+
+def test_three_onnx_artifacts_with_hashes(exported_run):
+    manifest = _manifest(exported_run)
+    by_name = {a["name"]: a for a in manifest["artifacts"]}
+    assert list(by_name) == ["onnx", "onnx-fp16", "onnx-int8"]
+    for entry in manifest["artifacts"]:
+        path = exported_run / "export" / entry["path"]
+        assert entry["sha256"] == sha256_file(path) and entry["bytes"] == path.stat().st_size
+        assert entry["format"] == "onnx" and entry["precision"] == mf.PRECISION[entry["name"]]
+    assert by_name["onnx-fp16"]["bytes"] < 0.6 * by_name["onnx"]["bytes"]
+    assert by_name["onnx-int8"]["bytes"] < 0.3 * by_name["onnx"]["bytes"]
+    assert manifest["source_checkpoint_sha256"] == sha256_file(exported_run / "model.safetensors")
+
+
+def test_fp32_onnx_is_checked_dynamic_and_labelled(exported_run):
+    path = exported_run / "export" / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].dim_value and [d.dim_value for d in dims[1:]] == [3, 64, 64]
+    meta = {p.key: p.value for p in model.metadata_props}
+    info = json.loads((exported_run / "model.json").read_text())
+    assert json.loads(meta["class_names"]) == info["class_names"]
+    assert json.loads(meta["preprocessing"])["image_size"] == 64
+
+
+def test_parity_figures_are_recorded(exported_run):
+    by_name = {a["name"]: a for a in _manifest(exported_run)["artifacts"]}
+    fp32, fp16 = by_name["onnx"]["parity"], by_name["onnx-fp16"]["parity"]
+    assert fp32["images"] == 72 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3
+    assert fp16["top1_agreement"] >= 0.98 and fp16["non_finite"] == 0
+    assert by_name["onnx-fp16"]["fp16"]["kept_fp32_nodes"] == []
+    model = onnx.load(str(exported_run / "export" / "model.fp16.onnx"), load_external_data=False)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def test_int8_is_explicit_symmetric_per_channel_qdq(exported_run):
+    entry = {a["name"]: a for a in _manifest(exported_run)["artifacts"]}["onnx-int8"]
+    qdq = entry["qdq"]
+    assert qdq["int8_only"] and qdq["zero_points_all_zero"]
+    assert qdq["per_channel_weight_dequantizers"] == 16  # 13 Conv + 3 Gemm
+    assert len(qdq["quantized_nodes"]) == 16 and qdq["float_nodes"] == []
+    calib = entry["calibration"]
+    assert calib["images"] == 48 and calib["source"].startswith("train")
+    acc = entry["accuracy"]
+    assert 0.0 <= acc["top1"] <= 1.0 and acc["reference_top1"] is not None
+    assert (exported_run / "export" / calib["ranges"]).is_file()
+
+
+def test_calibration_images_come_from_train_only(exported_run):
+    from vgg_deploy.batches import stratified_sample
+    from vgg_deploy.runfolder import open_run
+
+    split = open_run(exported_run).split()
+    picked = stratified_sample(split.absolute(split.train), 48, seed=0)
+    val = {p for p, _ in split.absolute(split.val)}
+    assert not {p for p, _ in picked} & val
+    assert len({label for _, label in picked}) == 6
+
+
+@pytest.fixture
+def run_copy(exported_run, tmp_path):
+    """A copy sharing the big files by hard link, for tests that export again."""
+    copy = tmp_path / "run"
+    shutil.copytree(exported_run, copy, copy_function=lambda s, d: shutil.copy2(s, d) if s.endswith(".json") else
+                    __import__("os").link(s, d))
+    return copy
+
+
+def test_reexport_reuses_the_onnx_and_the_ranges_and_recalibrates_when_images_change(run_copy, capsys):
+    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=48, check_images=72))
+    out = capsys.readouterr().out
+    assert "reusing model.onnx" in out and "reusing calibration ranges" in out
+    # Unlink first: the copy shares the file with the session run through a hard link.
+    (run_copy / "export" / "model.int8.onnx").unlink()
+    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=24, check_images=72))
+    assert "calibrating (entropy, 24 training images): the calibration images changed" in capsys.readouterr().out
+    assert {a["name"] for a in _manifest(run_copy)["artifacts"]} == {"onnx", "onnx-fp16", "onnx-int8"}
+
+
+def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32(tiny_onnx, tiny_batches, tmp_path):
+    """The fallback loop on a tiny model, with an evaluator that reports the INT8 model as accurate only once
+    its most sensitive layer is float again."""
+    import onnxruntime as ort
+
+    reference = np.concatenate([ort.InferenceSession(str(tiny_onnx)).run(None, {"input": b})[0] for b in tiny_batches])
+    labels = reference.argmax(axis=1)
+    ranking = []
+
+    def evaluate(path):
+        if not ranking:
+            ranking.extend(calibration.rank_sensitive_nodes(tiny_onnx, path, tiny_batches[:2], input_name="input"))
+        floats = calibration.qdq_properties(path)["float_nodes"]
+        return reference if ranking[0][0] in floats else np.roll(reference, 1, axis=1)
+
+    info = build_int8(tiny_onnx, tmp_path / "q.onnx", calib_batches=tiny_batches, input_name="input", method="minmax",
+                      cache_dir=tmp_path / "calibration", evaluate=evaluate, reference_logits=reference, labels=labels,
+                      max_accuracy_drop=1.0)
+    assert info["kept_fp32"] == [ranking[0][0]]
+    assert info["accuracy"]["drop_points"] <= 1.0
+    assert info["qdq"]["float_nodes"] == [ranking[0][0]]
+
+    with pytest.raises(ExportError, match="exceeds --max-accuracy-drop"):
+        build_int8(tiny_onnx, tmp_path / "q2.onnx", calib_batches=tiny_batches, input_name="input", method="minmax",
+                   cache_dir=tmp_path / "calibration", evaluate=lambda p: np.roll(reference, 1, axis=1),
+                   reference_logits=reference, labels=labels, max_accuracy_drop=1.0)
+    assert not (tmp_path / "q2.onnx").exists()
+
+
+def test_tensorrt_formats_fail_fast_without_tensorrt():
+    with pytest.raises(UnavailableError, match="cannot build trt-int8"):
+        resolve_formats(["trt-int8"])
+    formats, skipped = resolve_formats(["all"])
+    assert formats == ["onnx", "onnx-fp16", "onnx-int8"]
+    assert set(skipped) == {"trt-fp16", "trt-int8"}
+    assert resolve_formats(["onnx-int8"])[0] == ["onnx", "onnx-int8"]
+
+
+def test_truncated_checkpoint_is_refused_and_nothing_is_written(exported_run, tmp_path):
+    run = tmp_path / "broken"
+    run.mkdir()
+    for name in ("model.json", "split.json"):
+        shutil.copy(exported_run / name, run / name)
+    data = (exported_run / "model.safetensors").read_bytes()[:10_000]
+    (run / "model.safetensors").write_bytes(data)
+    with pytest.raises(RunFolderError, match="unreadable or truncated"):
+        export(run, ExportOptions())
+    assert not (run / "export" / "manifest.json").exists()
+
+
+def test_model_json_that_does_not_match_the_weights(exported_run, tmp_path):
+    run = tmp_path / "mismatch"
+    run.mkdir()
+    info = json.loads((exported_run / "model.json").read_text())
+    info["class_names"] = info["class_names"][:3]
+    (run / "model.json").write_text(json.dumps(info))
+    (run / "model.safetensors").hardlink_to(exported_run / "model.safetensors")
+    with pytest.raises(RunFolderError, match="6-class head but model.json lists 3"):
+        export(run, ExportOptions())
+
+
+def test_unwritable_output_folder(exported_run, tmp_path):
+    run = tmp_path / "readonly"
+    run.mkdir()
+    for name in ("model.json", "split.json"):
+        shutil.copy(exported_run / name, run / name)
+    (run / "export").write_text("a file where the export folder should be")
+    with pytest.raises(Exception, match="cannot write to output folder"):
+        export(run, ExportOptions())

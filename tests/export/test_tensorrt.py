@@ -1,0 +1,202 @@
+"""TensorRT logic tested without TensorRT: profile shapes, sidecars, compatibility, and the plan of
+builder calls (recorded by a stand-in that has only the current API, so a removed call fails)."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+
+from vgg_deploy.errors import ExportError, UnavailableError
+from vgg_deploy.export import tensorrt_meta as meta
+from vgg_deploy.export.tensorrt_build import build_engine
+
+ENV10 = meta.TensorRTEnvironment("10.13.0", "NVIDIA H200", "9.0")
+ENV11 = meta.TensorRTEnvironment("11.0.1", "NVIDIA H200", "9.0")
+
+
+def test_profile_shapes_and_validation():
+    assert meta.BatchProfile(1, 8, 32).shapes(224) == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
+    for bad in ((0, 1, 2), (4, 2, 8), (1, 8, 4)):
+        with pytest.raises(ExportError, match="batch profile"):
+            meta.BatchProfile(*bad)
+
+
+def _sidecar(env=ENV10):
+    return meta.make_sidecar(env=env, precision="int8", profile=meta.BatchProfile(), source_onnx="model.int8.onnx",
+                             source_sha256="ab" * 32, input_name="input", output_name="logits", image_size=224,
+                             strongly_typed=True, workspace_bytes=1 << 30)
+
+
+def test_sidecar_round_trip_and_compatibility(tmp_path):
+    engine = tmp_path / "model.int8.engine"
+    engine.write_bytes(b"engine")
+    meta.write_sidecar(engine, _sidecar())
+    assert meta.check_compatible(engine, ENV10)["source_onnx_sha256"] == "ab" * 32
+    with pytest.raises(UnavailableError) as err:
+        meta.check_compatible(engine, meta.TensorRTEnvironment("10.14.1", "NVIDIA L4", "8.9"))
+    text = str(err.value)
+    assert "TensorRT 10.13.0 vs 10.14.1 here" in text and "NVIDIA L4" in text and "rebuild" in text
+
+
+def test_missing_sidecar_is_refused(tmp_path):
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"")
+    with pytest.raises(UnavailableError, match="has no x.engine.json"):
+        meta.check_compatible(engine, ENV10)
+
+
+def test_strongly_typed_flag_on_10_and_implicit_on_11():
+    trt = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1))
+    assert meta.network_flags(trt, 10) == 1 << 1
+    assert meta.network_flags(trt, 11) == 0
+
+
+def test_timing_cache_name_is_per_version_and_gpu():
+    assert meta.timing_cache_name(ENV10) == "timing-trt10.13.0-nvidia-h200-sm90.cache"
+
+
+class _Recorder:
+    """Only the TensorRT 10/11 calls design.md lists exist here; anything else raises AttributeError."""
+
+    def __init__(self, calls, name):
+        self._calls, self._name = calls, name
+
+    def _record(self, method, *args):
+        self._calls.append((f"{self._name}.{method}", args))
+
+
+def fake_tensorrt(calls: list, *, parse_ok=True, build_ok=True):
+    class Logger:
+        WARNING = "warning"
+
+        def __init__(self, level):
+            calls.append(("Logger", (level,)))
+
+    class Profile(_Recorder):
+        def set_shape(self, name, mn, opt, mx):
+            self._record("set_shape", name, mn, opt, mx)
+
+    class TimingCache(_Recorder):
+        def serialize(self):
+            return b"timing"
+
+    class Config(_Recorder):
+        def set_memory_pool_limit(self, pool, size):
+            self._record("set_memory_pool_limit", pool, size)
+
+        def add_optimization_profile(self, profile):
+            self._record("add_optimization_profile")
+
+        def create_timing_cache(self, blob):
+            self._record("create_timing_cache", blob)
+            return TimingCache(calls, "cache")
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self._record("set_timing_cache", ignore_mismatch)
+
+        def get_timing_cache(self):
+            return TimingCache(calls, "cache")
+
+    class Builder(_Recorder):
+        def __init__(self, logger):
+            super().__init__(calls, "builder")
+
+        def create_network(self, flags):
+            self._record("create_network", flags)
+            return object()
+
+        def create_builder_config(self):
+            return Config(calls, "config")
+
+        def create_optimization_profile(self):
+            return Profile(calls, "profile")
+
+        def build_serialized_network(self, network, config):
+            self._record("build_serialized_network")
+            return b"serialized-engine" if build_ok else None
+
+    class OnnxParser(_Recorder):
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            super().__init__(calls, "parser")
+
+        def parse_from_file(self, path):
+            self._record("parse_from_file", path)
+            return parse_ok
+
+        def get_error(self, index):
+            return "Unsupported operator Foo"
+
+    return types.SimpleNamespace(
+        Logger=Logger, Builder=Builder, OnnxParser=OnnxParser,
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
+    )
+
+
+def _build(tmp_path, trt, env=ENV10):
+    onnx_path = tmp_path / "model.int8.onnx"
+    onnx_path.write_bytes(b"onnx")
+    engine = tmp_path / "model.int8.engine"
+    build_engine(onnx_path, engine, env=env, input_name="input", image_size=64, profile=meta.BatchProfile(1, 4, 16),
+                 workspace_bytes=123, timing_cache=tmp_path / "timing.cache", trt=trt)
+    return engine
+
+
+def test_builder_plan_uses_only_current_calls(tmp_path):
+    calls: list = []
+    engine = _build(tmp_path, fake_tensorrt(calls))
+    names = [name for name, _ in calls]
+    assert names == [
+        "Logger", "builder.create_network", "parser.parse_from_file", "config.set_memory_pool_limit",
+        "profile.set_shape", "config.add_optimization_profile", "config.create_timing_cache",
+        "config.set_timing_cache", "builder.build_serialized_network",
+    ]
+    args = dict(calls)
+    assert args["builder.create_network"] == (2,)  # 1 << STRONGLY_TYPED on TensorRT 10
+    assert args["profile.set_shape"] == ("input", (1, 3, 64, 64), (4, 3, 64, 64), (16, 3, 64, 64))
+    assert args["config.set_memory_pool_limit"] == ("workspace", 123)
+    assert engine.read_bytes() == b"serialized-engine"
+    assert (tmp_path / "timing.cache").read_bytes() == b"timing"
+    # A second build feeds the saved timing cache back in.
+    calls.clear()
+    _build(tmp_path, fake_tensorrt(calls), env=ENV11)
+    assert dict(calls)["config.create_timing_cache"] == (b"timing",)
+    assert dict(calls)["builder.create_network"] == (0,)
+
+
+def test_parse_and_build_failures_are_export_errors_and_leave_no_engine(tmp_path):
+    with pytest.raises(ExportError, match="Unsupported operator Foo"):
+        _build(tmp_path, fake_tensorrt([], parse_ok=False))
+    with pytest.raises(ExportError, match="failed to build"):
+        _build(tmp_path, fake_tensorrt([], build_ok=False))
+    assert not (tmp_path / "model.int8.engine").exists()
+
+
+def test_detect_environment_without_tensorrt_says_what_is_missing(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorrt(name, *args, **kwargs):
+        if name == "tensorrt":
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    with pytest.raises(UnavailableError, match="TensorRT is not installed"):
+        meta.detect_environment()
+
+
+def test_runner_module_imports_without_tensorrt():
+    import importlib.util
+
+    from vgg_deploy.runners import tensorrt_runner
+
+    assert tensorrt_runner.TensorRTRunner("x.engine").backend == "tensorrt"
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(ImportError):
+            tensorrt_runner.TensorRTRunner("x.engine").activate()

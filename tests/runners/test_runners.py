@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from vgg_deploy.errors import UnavailableError
+from vgg_deploy.runners import OnnxRuntimeRunner, TorchRunner
+
+
+def test_onnxruntime_runner_matches_a_plain_session(tiny_onnx, tiny_batches):
+    expected = ort.InferenceSession(str(tiny_onnx)).run(None, {"input": tiny_batches[0]})[0]
+    with OnnxRuntimeRunner(tiny_onnx, threads=1) as runner:
+        assert runner.is_active
+        np.testing.assert_allclose(runner.infer(tiny_batches[0]), expected, rtol=1e-5, atol=1e-6)
+        assert runner.describe() == {"backend": "onnxruntime", "precision": "fp32", "provider": "cpu", "threads": 1}
+    assert not runner.is_active
+
+
+def test_torch_runner_interface(tiny_batches):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
+    runner = TorchRunner(model)
+    with pytest.raises(RuntimeError, match="before activate"):
+        runner.infer(tiny_batches[0])
+    with runner:
+        out = runner.infer(tiny_batches[0])
+        prepared = runner.prepare(tiny_batches[0])
+        assert isinstance(prepared, torch.Tensor)
+        np.testing.assert_allclose(runner.to_numpy(runner.run(prepared)), out)
+    expected = model(torch.from_numpy(tiny_batches[0])).detach().numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_execution_provider_is_unavailable_not_a_silent_cpu_fallback(tiny_onnx):
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the TensorRT provider")
+    with pytest.raises(UnavailableError, match="TensorrtExecutionProvider"):
+        OnnxRuntimeRunner(tiny_onnx, provider="tensorrt").activate()

@@ -1,0 +1,60 @@
+"""The CLI: --help needs no optional backend; bad input is one line on stderr, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from vgg_deploy.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("finetune", "export", "benchmark", "sample-data", "demo"):
+        assert command in result.output
+
+
+def test_python_dash_m_works_like_the_script():
+    result = subprocess.run([sys.executable, "-m", "vgg_deploy", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "finetune" in result.stdout
+    assert "tensorrt" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["finetune", "{tmp}/missing", "--out", "{tmp}/run"], "does not exist"),
+        (["finetune", "{tiny}", "--out", "{tmp}/run", "--weights", "{tmp}/none.safetensors"], "does not exist"),
+        (["finetune", "{tiny}", "--out", "{tmp}/run", "--weights", "imagenet", "--device", "cuda"], "CUDA"),
+        (["export", "{tmp}/norun"], "does not exist"),
+        (["benchmark", "{tmp}/norun"], "does not exist"),
+        (["benchmark", "{tmp}", "--batch-sizes", "1,x"], "--batch-sizes must be"),
+        (["benchmark", "{tmp}"], "model.json is missing"),
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(tmp_path, tiny_data, args, message, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = [a.format(tmp=tmp_path, tiny=tiny_data) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_sample_data_is_deterministic(tmp_path):
+    from vgg_deploy.sample_data import CLASSES
+
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["sample-data", str(tmp_path / name), "--images-per-class", "3"]).exit_code == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 3 * len(CLASSES)
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from vgg_deploy import runfolder
+from vgg_deploy.errors import RunFolderError
+from vgg_deploy.finetune import FinetuneConfig, _TrainingLoop, finetune
+
+
+def test_end_to_end_beats_chance_by_a_wide_margin(trained_run):
+    info = json.loads((trained_run / "model.json").read_text())
+    chance = 1 / len(info["class_names"])
+    assert info["metrics"]["val"]["top1"] >= 2 * chance, info["metrics"]
+
+
+def test_run_folder_contract(trained_run):
+    info = json.loads((trained_run / "model.json").read_text())
+    assert info["class_names"] == sorted(info["class_names"]) and len(info["class_names"]) == 6
+    pre = info["preprocessing"]
+    assert pre["image_size"] == 64 and len(pre["mean"]) == 3 and len(pre["std"]) == 3 and pre["resize"] >= 64
+    assert info["case"] == "small-similar"
+    assert info["plan"]["trained"] == ["fc8"] and "conv1" in info["plan"]["frozen"]
+    assert info["weights"]["source"] == "none"
+    assert set(info["metrics"]["val"]) == {"top1", "top5", "loss"}
+    assert {"torch", "torchvision"} <= set(info["versions"])
+    state = load_file(str(trained_run / "model.safetensors"))
+    assert state["classifier.6.weight"].shape == (6, 4096)
+    split = json.loads((trained_run / "split.json").read_text())
+    assert len(split["train"]) == 288 and len(split["val"]) == 72
+    epochs = [json.loads(line) for line in (trained_run / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
+    assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (trained_run / "resume.pt").exists()
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["case"] == "small-similar" and config["image_size"] == 64
+
+
+def test_cached_features_make_later_epochs_cheap(trained_run):
+    epochs = [json.loads(line) for line in (trained_run / "epochs.jsonl").read_text().splitlines()]
+    later = sum(e["seconds"] for e in epochs[1:]) / (len(epochs) - 1)
+    assert epochs[0]["seconds"] > 10 * later
+
+
+def test_an_existing_run_is_never_overwritten(trained_run, tmp_path):
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        finetune(FinetuneConfig(data="unused", out=str(trained_run)))
+
+
+def _config(data, out, **kw):
+    defaults = dict(data=str(data), out=str(out), case="small-similar", weights="none", image_size=32, epochs=4,
+                    batch_size=8, workers=0)
+    return FinetuneConfig(**{**defaults, **kw})
+
+
+def test_resume_continues_from_the_last_finished_epoch(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = _TrainingLoop._save_resume
+
+    def interrupted(self, epoch, optimizer, scheduler):
+        original(self, epoch, optimizer, scheduler)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_TrainingLoop, "_save_resume", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_config(tiny_data, out))
+    # Interrupted: the kept checkpoint and its description are whole; resume state is there.
+    assert (out / "resume.pt").is_file()
+    assert runfolder.open_run(out).load_model() is not None
+    monkeypatch.setattr(_TrainingLoop, "_save_resume", original)
+    info = finetune(_config(tiny_data, out), resume=True)
+    epochs = [json.loads(line)["epoch"] for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+    assert info["metrics"]["epoch"] in (1, 2, 3, 4)
+    assert not (out / "resume.pt").exists()
+    with pytest.raises(RunFolderError, match="already finished"):
+        finetune(_config(tiny_data, out), resume=True)
+
+
+def test_skipped_bad_images_are_listed_in_the_run(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "circle" / "broken.png").write_bytes(b"nope")
+    out = tmp_path / "run"
+    finetune(_config(data, out, epochs=1, skip_bad_images=True))
+    skipped = json.loads((out / "skipped_images.json").read_text())
+    assert [s["path"].endswith("broken.png") for s in skipped] == [True]
+    assert json.loads((out / "model.json").read_text())["data"]["skipped_images"] == 1

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pickle
+import urllib.error
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vgg_deploy.errors import WeightsError
+from vgg_deploy.model import new_vgg16, pretrained_vgg16
+
+
+@pytest.fixture(scope="module")
+def reference_state():
+    torch.manual_seed(1)
+    return {k: v.contiguous() for k, v in new_vgg16(1000).state_dict().items()}
+
+
+def test_safetensors_and_weights_only_torch_files_load(tmp_path, reference_state):
+    st = tmp_path / "vgg.safetensors"
+    save_file(reference_state, str(st))
+    pt = tmp_path / "vgg.pth"
+    torch.save({"state_dict": reference_state}, pt)
+    for path in (st, pt):
+        model, info = pretrained_vgg16(str(path))
+        assert info["pretrained"] and info["imagenet_head"]
+        assert torch.equal(model.features[0].weight, reference_state["features.0.weight"])
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"features.0.weight": Exploit()}, handle)
+    with pytest.raises(WeightsError, match="refusing weights file"):
+        pretrained_vgg16(str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_wrong_architecture_is_named(tmp_path, reference_state):
+    state = dict(reference_state)
+    state["features.0.weight"] = torch.zeros(8, 3, 3, 3)
+    path = tmp_path / "wrong.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match="features.0.weight has shape"):
+        pretrained_vgg16(str(path))
+    del state["features.0.weight"]
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match="missing"):
+        pretrained_vgg16(str(path))
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        pretrained_vgg16(str(tmp_path / "nope.safetensors"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(WeightsError, match="refusing"):
+        pretrained_vgg16(str(bad))
+
+
+def test_imagenet_offline_names_the_alternatives(monkeypatch):
+    from torchvision.models import VGG16_Weights
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(VGG16_Weights, "get_state_dict", offline)
+    with pytest.raises(WeightsError) as err:
+        pretrained_vgg16("imagenet")
+    assert "--weights PATH" in str(err.value) and "--weights none" in str(err.value)
