@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from vgg_deploy import runfolder
 from vgg_deploy.errors import RunFolderError
-from vgg_deploy.finetune import FinetuneConfig, _TrainingLoop, finetune
+from vgg_deploy.finetune import FinetuneConfig, finetune
+from vgg_deploy.training_loop import TrainingLoop as _TrainingLoop
 
 
 def test_end_to_end_beats_chance_by_a_wide_margin(trained_run):

@@ -22,6 +22,7 @@ EPOCH_LOG = "epochs.jsonl"
 CURVES_PNG = "curves.png"
 SKIPPED_JSON = "skipped_images.json"
 RESUME_STATE = "resume.pt"
+DISTRIBUTED_JSON = "distributed.json"
 
 
 def save_weights(model: nn.Module, path: Path, *, overrides: dict[str, torch.Tensor] | None = None) -> None:

@@ -38,13 +38,19 @@ def test_report_contract(benchmark_report, exported_run):
     assert "| onnx-int8 |" in (exported_run / "benchmark" / "report.md").read_text()
 
 
-@pytest.fixture
-def run_with_odd_artifacts(exported_run, tmp_path):
+def _bare_run(exported_run, tmp_path):
+    """A run folder sharing the session run's checkpoint (hard link), with an empty export/."""
     run = tmp_path / "run"
     (run / "export").mkdir(parents=True)
     for name in ("model.json", "split.json"):
         shutil.copy(exported_run / name, run / name)
     os.link(exported_run / "model.safetensors", run / "model.safetensors")
+    return run
+
+
+@pytest.fixture
+def run_with_odd_artifacts(exported_run, tmp_path):
+    run = _bare_run(exported_run, tmp_path)
     manifest = json.loads((exported_run / "export" / "manifest.json").read_text())
     onnx_entry = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8")
     os.link(exported_run / "export" / onnx_entry["path"], run / "export" / onnx_entry["path"])
@@ -93,11 +99,7 @@ def test_cli_gate_exits_3_naming_the_artifact_that_lost_accuracy(exported_run, t
 
     from vgg_deploy.fileio import sha256_file
 
-    run = tmp_path / "run"
-    (run / "export").mkdir(parents=True)
-    for name in ("model.json", "split.json"):
-        shutil.copy(exported_run / name, run / name)
-    os.link(exported_run / "model.safetensors", run / "model.safetensors")
+    run = _bare_run(exported_run, tmp_path)
     always_zero = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6)).eval()
     with torch.no_grad():
         always_zero[2].weight.zero_()

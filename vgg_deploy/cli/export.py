@@ -30,6 +30,9 @@ def export_command(
     max_batch: int = typer.Option(32, min=1, help="TensorRT profile: largest batch."),
     workspace_gib: float = typer.Option(4.0, min=0.1, help="TensorRT builder workspace limit (GiB)."),
     seed: int = typer.Option(0),
+    triton_repo: Path = typer.Option(
+        None, help="Also write a Triton model repository here (one model per artifact; needs tritonclient[grpc])."
+    ),
 ) -> None:
     """Export ONNX, FP16 and calibrated INT8 artifacts (and TensorRT engines where possible)."""
     from vgg_deploy.export.pipeline import ExportOptions, export
@@ -45,5 +48,6 @@ def export_command(
             profile=BatchProfile(min_batch, opt_batch, max_batch),
             workspace_gib=workspace_gib,
             seed=seed,
+            triton_repo=str(triton_repo) if triton_repo else None,
         )
         export(run, options)

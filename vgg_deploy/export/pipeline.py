@@ -34,6 +34,7 @@ class ExportOptions:
     profile: BatchProfile = field(default_factory=BatchProfile)
     workspace_gib: float = 4.0
     seed: int = 0
+    triton_repo: str | None = None
 
 
 def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -66,6 +67,10 @@ def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
 def export(run_dir: str | Path, options: ExportOptions) -> dict:
     run = open_run(run_dir)
     formats, skipped = resolve_formats(options.formats)
+    if options.triton_repo:
+        from vgg_deploy.export.triton import require_model_config
+
+        require_model_config()  # fail before the expensive work, not after it
     export_dir = check_writable_dir(run.path / EXPORT_DIR)
     model = run.load_model()
     checkpoint_sha = sha256_file(run.path / WEIGHTS)
@@ -147,6 +152,12 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
     mf.write_manifest(export_dir, manifest)
     for name, reason in skipped.items():
         console.print(f"skipped {name}: {reason}")
+    if options.triton_repo:
+        from vgg_deploy.export.triton import write_triton_repo
+
+        models = write_triton_repo(export_dir, manifest, Path(options.triton_repo), max_batch_size=options.profile.max,
+                                   preferred_batch_sizes=[options.profile.opt, options.profile.max])
+        console.print(f"triton repository: {options.triton_repo} ({', '.join(models)})")
     console.print(f"manifest: {export_dir / mf.MANIFEST} ({len(manifest['artifacts'])} artifacts)")
     return manifest
 

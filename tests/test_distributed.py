@@ -1,0 +1,69 @@
+"""torchrun with two gloo processes on a tiny data set: rank 0 alone writes, ranks see disjoint data,
+metrics are global, and a failing rank brings the whole job down with its error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vgg_deploy.batches import load_batches, run_batches
+from vgg_deploy.runfolder import open_run
+from vgg_deploy.runners import TorchRunner
+
+EPOCHS = 2
+
+
+def torchrun(*args, timeout=600):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "vgg_deploy", *map(str, args)]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("case", ["small-similar", "small-different"])
+def test_two_gloo_ranks(tiny_data, tmp_path, case):
+    out = tmp_path / "run"
+    result = torchrun("finetune", tiny_data, "--out", out, "--weights", "none", "--case", case, "--image-size", 32,
+                      "--epochs", EPOCHS, "--batch-size", 8, "--precision", "fp32", "--workers", 0, "--patience", 9)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Complete, and written once (not once per rank).
+    for name in ("model.json", "model.safetensors", "split.json", "config.json", "epochs.jsonl", "curves.png",
+                 "distributed.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "resume.pt").exists()
+    assert not list(out.glob(".*.tmp"))
+    assert len((out / "epochs.jsonl").read_text().splitlines()) == EPOCHS
+    assert result.stdout.count("kept epoch") == 1
+
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["world_size"] == 2 and info["training"]["global_batch_size"] == 8
+
+    # Disjoint shards that together cover the training set (less a tail smaller than the world size).
+    shards = json.loads((out / "distributed.json").read_text())["epoch1_train_indices"]
+    a, b = (set(s["indices"]) for s in shards)
+    n_train = len(json.loads((out / "split.json").read_text())["train"])
+    assert not a & b and len(a) == len(b) and len(a | b) > n_train - 2
+
+    # The recorded metrics are the global ones: the kept model on the whole val split gives them back.
+    run = open_run(out)
+    split = run.split()
+    batches, labels = load_batches(split.absolute(split.val), run.preprocessing, batch_size=8)
+    with TorchRunner(run.load_model()) as runner:
+        logits = run_batches(runner, batches)
+    assert float((logits.argmax(1) == labels).mean()) == pytest.approx(info["metrics"]["val"]["top1"])
+    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    loss = float(-log_softmax[np.arange(len(labels)), labels].mean())
+    assert loss == pytest.approx(info["metrics"]["val"]["loss"], rel=1e-3, abs=1e-3)
+
+
+def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path):
+    result = torchrun("finetune", tmp_path / "missing", "--out", tmp_path / "run", "--weights", "none", timeout=300)
+    assert result.returncode != 0
+    # Every rank raises rank 0's typed error as its one line; the only traceback is torchrun's own summary.
+    assert result.stderr.count("error: data folder") == 2 and "does not exist" in result.stderr
+    assert "vgg_deploy/" not in result.stderr

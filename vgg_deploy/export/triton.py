@@ -1,0 +1,97 @@
+"""A Triton Inference Server model repository for the exported artifacts.
+
+One model per artifact: the onnxruntime backend for ONNX files, the tensorrt backend for engines.
+Configs are built as Triton's own `ModelConfig` protobuf (from tritonclient) and written in its text
+format, so what Triton parses is what we built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vgg_deploy.errors import UnavailableError, VggDeployError
+
+BACKEND = {"onnx": ("onnxruntime", "model.onnx"), "tensorrt": ("tensorrt", "model.plan")}
+LABELS = "labels.txt"
+QUEUE_DELAY_US = 100
+
+
+def require_model_config():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise UnavailableError(
+            "--triton-repo needs Triton's model_config protobuf: pip install 'tritonclient[grpc]' "
+            "(or the project's triton extra)"
+        ) from None
+    return model_config_pb2
+
+
+def model_name(artifact: str, prefix: str = "vgg16") -> str:
+    return f"{prefix}_{artifact.replace('-', '_')}"
+
+
+def build_config(entry: dict, *, name: str, image_size: int, num_classes: int, max_batch_size: int,
+                 preferred_batch_sizes: list[int]):
+    mc = require_model_config()
+    backend, filename = BACKEND[entry["format"]]
+    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size, default_model_filename=filename)
+    config.input.add(name=entry.get("input_name", "input"), data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
+    config.output.add(name=entry.get("output_name", "logits"), data_type=mc.TYPE_FP32, dims=[num_classes],
+                      label_filename=LABELS)
+    config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in preferred_batch_sizes if b <= max_batch_size}))
+    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    if entry["format"] == "tensorrt":
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+    return config
+
+
+def write_triton_repo(export_dir: Path, manifest: dict, repo: Path, *, max_batch_size: int,
+                      preferred_batch_sizes: list[int]) -> list[str]:
+    """Write (or replace) one model folder per artifact; other models already in `repo` are left alone."""
+    from google.protobuf import text_format
+
+    image_size = manifest["preprocessing"]["image_size"]
+    class_names = manifest["class_names"]
+    repo.mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in manifest["artifacts"]:
+        name = model_name(entry["name"])
+        batch_limit = entry.get("engine", {}).get("profile", {}).get("max", max_batch_size)
+        config = build_config(entry, name=name, image_size=image_size, num_classes=len(class_names),
+                              max_batch_size=min(max_batch_size, batch_limit), preferred_batch_sizes=preferred_batch_sizes)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+        try:
+            (staging / "1").mkdir()
+            _link_or_copy(export_dir / entry["path"], staging / "1" / BACKEND[entry["format"]][1])
+            (staging / LABELS).write_text("\n".join(class_names) + "\n")
+            (staging / "config.pbtxt").write_text(text_format.MessageToString(config))
+            os.chmod(staging, 0o755)
+            _replace_dir(staging, repo / name)
+        except OSError as err:
+            raise VggDeployError(f"cannot write Triton model {repo / name}: {err}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        written.append(name)
+    return written
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # same file system: no second copy of a 500 MB model
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
