@@ -23,6 +23,22 @@ from pathlib import Path
 import numpy as np
 
 RUNTIMES = ("pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
+# Added when this machine has a CUDA GPU (TensorRT ones when the run has engines and TensorRT is installed).
+GPU_RUNTIMES = ("pytorch-cuda-fp32", "pytorch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
+
+
+def default_runtimes(run: Path) -> list[str]:
+    import importlib.util
+
+    import torch
+
+    runtimes = list(RUNTIMES)
+    if torch.cuda.is_available():
+        runtimes += ["pytorch-cuda-fp32", "pytorch-cuda-fp16"]
+        if importlib.util.find_spec("tensorrt") is not None:
+            runtimes += [r for r in ("tensorrt-fp16", "tensorrt-int8")
+                         if (run / "export" / f"model.{r.split('-')[1]}.engine").is_file()]
+    return runtimes
 
 
 def make_runner(runtime: str, run: Path, threads: int):
@@ -30,11 +46,26 @@ def make_runner(runtime: str, run: Path, threads: int):
     from vgg_deploy.runners import OnnxRuntimeRunner, TorchRunner
 
     export = run / "export"
+    if ":" in runtime:  # "<runtime>:<path>": the same runtime on another INT8 file (a variant)
+        runtime, path = runtime.split(":", 1)
+        if runtime == "onnxruntime-int8":
+            return OnnxRuntimeRunner(path, threads=threads, precision="int8")
+        from vgg_deploy.runners.openvino_runner import OpenVINORunner
+
+        return OpenVINORunner(path, threads=threads, precision="int8")
     if runtime == "pytorch-fp32":
         import torch
 
         torch.set_num_threads(threads)
         return TorchRunner(open_run(run).load_model())
+    if runtime.startswith("pytorch-cuda"):
+        return TorchRunner(open_run(run).load_model(), device="cuda", precision=runtime.rsplit("-", 1)[1],
+                           channels_last=runtime.endswith("fp16"))
+    if runtime.startswith("tensorrt-"):
+        from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
+
+        precision = runtime.split("-")[1]
+        return TensorRTRunner(export / f"model.{precision}.engine", precision=precision)
     if runtime == "onnxruntime-fp32":
         return OnnxRuntimeRunner(export / "model.onnx", threads=threads)
     if runtime == "onnxruntime-int8":
@@ -58,7 +89,11 @@ def worker(args) -> None:
             prepared = runner.prepare(rng.standard_normal((batch, 3, 224, 224)).astype(np.float32))
             policy = TimingPolicy(warmup_iterations=5, warmup_seconds=3.0, min_iterations=args.iters,
                                   max_iterations=args.iters, time_budget_s=0.0)
-            out[str(batch)] = measure(lambda: runner.run(prepared), policy)
+            def step():
+                runner.run(prepared)
+                runner.synchronize()
+
+            out[str(batch)] = measure(step, policy)
     print(json.dumps(out))
 
 
@@ -69,7 +104,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES))
+    parser.add_argument("--runtimes", nargs="+", default=None, help=f"default: {' '.join(RUNTIMES)} (+ GPU ones)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=PATH: also time this INT8 file on onnxruntime and OpenVINO")
     parser.add_argument("--out", default="benchmarks/results/infer_cpu.json")
     parser.add_argument("--worker", dest="runtime")
     args = parser.parse_args()
@@ -77,10 +114,15 @@ def main() -> None:
         worker(args)
         return
 
-    samples: dict[str, dict[str, list[float]]] = {r: {str(b): [] for b in args.batches} for r in args.runtimes}
+    variants = dict(v.split("=", 1) for v in args.variant)
+    workers = {r: r for r in (args.runtimes or default_runtimes(Path(args.run)))}
+    for name, path in variants.items():
+        workers[f"onnxruntime-int8 ({name})"] = f"onnxruntime-int8:{path}"
+        workers[f"openvino-int8 ({name})"] = f"openvino-int8:{path}"
+    samples: dict[str, dict[str, list[float]]] = {r: {str(b): [] for b in args.batches} for r in workers}
     for round_index in range(args.rounds):
-        for runtime in args.runtimes:
-            cmd = [sys.executable, __file__, args.run, "--worker", runtime, "--iters", str(args.iters),
+        for runtime, worker_arg in workers.items():
+            cmd = [sys.executable, __file__, args.run, "--worker", worker_arg, "--iters", str(args.iters),
                    "--threads", str(args.threads), "--batches", *map(str, args.batches)]
             result = subprocess.run(cmd, capture_output=True, text=True, check=True)
             timings = json.loads(result.stdout.strip().splitlines()[-1])
@@ -109,6 +151,7 @@ def main() -> None:
         "speedup_vs_pytorch_fp32": ratios,
         "per_round_ms": samples,
         "int8_accuracy_on_val": accuracy,
+        "variants": variants,
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ def plain_step_factory(model):
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -61,6 +61,21 @@ def test_two_gloo_ranks(tiny_data, tmp_path, case):
     assert loss == pytest.approx(info["metrics"]["val"]["loss"], rel=1e-3, abs=1e-3)
 
 
+def test_two_ranks_stay_close_to_one_process(tiny_data, tmp_path):
+    """Same global batch and seed: only the order the ranks draw samples in differs."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    args = dict(weights="none", case="small-similar", image_size=32, epochs=4, batch_size=8, precision="fp32",
+                workers=0, patience=9)
+    single = finetune(FinetuneConfig(data=str(tiny_data), out=str(tmp_path / "one"), **args))
+    result = torchrun("finetune", tiny_data, "--out", tmp_path / "two", *[
+        token for key, value in args.items() for token in (f"--{key.replace('_', '-')}", value)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "model.json").read_text())
+    assert abs(double["metrics"]["val"]["loss"] - single["metrics"]["val"]["loss"]) < 0.25 * single["metrics"]["val"]["loss"]
+    assert abs(double["metrics"]["val"]["top1"] - single["metrics"]["val"]["top1"]) <= 0.34
+
+
 def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path):
     result = torchrun("finetune", tmp_path / "missing", "--out", tmp_path / "run", "--weights", "none", timeout=300)
     assert result.returncode != 0

@@ -73,22 +73,28 @@ def run_with_odd_artifacts(exported_run, tmp_path):
 
 
 def test_skipped_and_failed_artifacts_do_not_stop_the_rest(run_with_odd_artifacts):
-    report = benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK))
-    status = {r["artifact"]: (r["status"], r["reason"]) for r in report["results"]}
-    assert status["pytorch"][0] == "ok" and status["onnx-int8"][0] == "ok"
-    assert status["onnx-fp16"][0] == "failed" and status["onnx-fp16"][1]
-    assert status["trt-int8"][0] == "skipped"
-    assert status["trt-fp16"] == ("skipped", "not exported: TensorRT is not installed")
+    pytest.importorskip("openvino")
+    report = benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK,
+                                                                onnx_backends=["onnxruntime", "openvino"]))
+    status = {(r["artifact"], r["backend"]): (r["status"], r["reason"]) for r in report["results"]}
+    assert status[("pytorch", "torch")][0] == "ok"
+    assert status[("onnx-int8", "onnxruntime")][0] == "ok"
+    assert status[("onnx-int8", "openvino")][0] == "ok", status
+    assert status[("onnx-fp16", "onnxruntime")][0] == "failed" and status[("onnx-fp16", "onnxruntime")][1]
+    assert status[("trt-int8", "tensorrt")][0] == "skipped"
+    assert status[("trt-fp16", "tensorrt")] == ("skipped", "not exported: TensorRT is not installed")
+    by_backend = {r["backend"]: r for r in report["results"] if r["artifact"] == "onnx-int8"}
+    assert by_backend["openvino"]["accuracy"]["agreement"] >= 0.9 * by_backend["onnxruntime"]["accuracy"]["agreement"]
 
 
 def test_gate_names_the_artifact_and_exits_3(run_with_odd_artifacts):
     report = {"baseline": "pytorch", "results": [
         {"artifact": "pytorch", "status": "ok", "accuracy": {"top1": 0.9}},
-        {"artifact": "onnx-int8", "status": "ok", "accuracy": {"top1": 0.85}},
-        {"artifact": "onnx", "status": "ok", "accuracy": {"top1": 0.9}},
+        {"artifact": "onnx-int8", "backend": "onnxruntime", "status": "ok", "accuracy": {"top1": 0.85}},
+        {"artifact": "onnx", "backend": "onnxruntime", "status": "ok", "accuracy": {"top1": 0.9}},
     ]}
     _gate(report, 10.0)
-    with pytest.raises(AccuracyGateError, match=r"onnx-int8 \(5.00 points\)"):
+    with pytest.raises(AccuracyGateError, match=r"onnx-int8 on onnxruntime \(5.00 points\)"):
         _gate(report, 1.0)
 
 

@@ -2,11 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
+from vgg_deploy.metrics import topk_accuracy
 
 
 def accuracy_figures(logits: np.ndarray, labels: np.ndarray, baseline: np.ndarray, class_names: list[str]) -> dict:

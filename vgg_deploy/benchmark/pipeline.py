@@ -32,18 +32,32 @@ class BenchmarkOptions:
     threads: int | None = None
     max_accuracy_drop: float | None = None
     provider: str = "cpu"  # onnxruntime execution provider for ONNX artifacts
+    # Runtimes for ONNX artifacts: onnxruntime, and openvino as an outside reference on the same files.
+    onnx_backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     eval_batch_size: int = 16
     timing: TimingPolicy = field(default_factory=TimingPolicy)
 
 
-def _runner_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> Runner:
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+
+
+def _runners_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[Runner]:
     path = export_dir / entry["path"]
     if entry["format"] == "tensorrt":
         from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(path, name=entry["name"], precision=entry["precision"])
-    return OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider, threads=options.threads,
-                             precision=entry["precision"])
+        return [TensorRTRunner(path, name=entry["name"], precision=entry["precision"])]
+    runners: list[Runner] = []
+    for backend in options.onnx_backends:
+        if backend == "onnxruntime":
+            runners.append(OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider,
+                                             threads=options.threads, precision=entry["precision"]))
+        else:
+            from vgg_deploy.runners.openvino_runner import OpenVINORunner
+
+            runners.append(OpenVINORunner(path, name=entry["name"], threads=options.threads,
+                                          precision=entry["precision"]))
+    return runners
 
 
 def _latency(runner: Runner, pool: np.ndarray, options: BenchmarkOptions) -> tuple[dict, dict]:
@@ -99,6 +113,9 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
     out = check_writable_dir(run.path / BENCHMARK_DIR)
     if any(b < 1 for b in options.batch_sizes):
         raise VggDeployError(f"--batch-sizes must be positive (got {options.batch_sizes})")
+    unknown = [b for b in options.onnx_backends if b not in ONNX_BACKENDS]
+    if unknown or not options.onnx_backends:
+        raise VggDeployError(f"--backends must name some of {', '.join(ONNX_BACKENDS)} (got {options.onnx_backends})")
     threads = options.threads or os.cpu_count() or 1
     options.threads = threads
     torch.set_num_threads(threads)
@@ -119,14 +136,14 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
         console.print(f"{entry['name']}: {entry['format']} {entry['precision']}")
         path = export_dir / entry["path"]
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            result = {"artifact": entry["name"], "backend": entry["format"], "precision": entry["precision"],
-                      "status": "failed", "reason": f"{entry['path']} is missing or differs from the manifest's sha256"}
-        else:
-            result = _evaluate(_runner_for(entry, export_dir, options), batches, labels, baseline_logits,
-                               run.class_names, options)
+            results.append({"artifact": entry["name"], "backend": entry["format"], "precision": entry["precision"],
+                            "status": "failed", "bytes": entry["bytes"],
+                            "reason": f"{entry['path']} is missing or differs from the manifest's sha256"})
+            continue
+        for runner in _runners_for(entry, export_dir, options):
+            result = _evaluate(runner, batches, labels, baseline_logits, run.class_names, options)
             result.pop("_logits", None)
-        result["bytes"] = entry["bytes"]
-        results.append(result)
+            results.append(result | {"bytes": entry["bytes"]})
     for skipped in manifest.get("skipped", []):
         results.append({"artifact": skipped["name"], "backend": "tensorrt", "precision": skipped["name"].split("-")[-1],
                         "status": "skipped", "reason": f"not exported: {skipped['reason']}"})
@@ -136,7 +153,7 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
         "run": str(run.path.resolve()),
         "machine": describe_machine(),
         "settings": {"batch_sizes": options.batch_sizes, "threads": threads, "provider": options.provider,
-                     "images": int(len(labels)), "data": data_label, "timing": asdict(options.timing), "max_accuracy_drop": options.max_accuracy_drop},
+                     "onnx_backends": options.onnx_backends, "images": int(len(labels)), "data": data_label, "timing": asdict(options.timing), "max_accuracy_drop": options.max_accuracy_drop},
         "results": results,
     }
     write_report(out, report)
@@ -154,7 +171,7 @@ def _gate(report: dict, max_drop: float | None) -> None:
         return
     base = next(r for r in report["results"] if r["artifact"] == report["baseline"])["accuracy"]["top1"]
     losers = [
-        f"{r['artifact']} ({100 * (base - r['accuracy']['top1']):.2f} points)"
+        f"{r['artifact']} on {r['backend']} ({100 * (base - r['accuracy']['top1']):.2f} points)"
         for r in report["results"]
         if r["status"] == "ok" and r["artifact"] != report["baseline"] and 100 * (base - r["accuracy"]["top1"]) > max_drop
     ]

@@ -23,6 +23,9 @@ def benchmark_command(
         None, min=0.0, help="Exit 3 if any artifact's top-1 is more than this many points below the baseline."
     ),
     provider: Provider = typer.Option(Provider.cpu, help="onnxruntime execution provider for the ONNX artifacts."),
+    backends: str = typer.Option(
+        "onnxruntime", help="Runtimes for ONNX artifacts, comma-separated: onnxruntime, openvino (same files)."
+    ),
     iterations: int = typer.Option(100, min=1, help="Most timed iterations per artifact and batch size."),
     time_budget: float = typer.Option(10.0, min=0.0, help="Seconds of timing per artifact and batch size."),
     warmup: int = typer.Option(5, min=0, help="Warm-up iterations (and at least one second) before timing."),
@@ -35,7 +38,7 @@ def benchmark_command(
         sizes = _parse_batch_sizes(batch_sizes)
         options = BenchmarkOptions(
             batch_sizes=sizes, data=str(data) if data else None, threads=threads, max_accuracy_drop=max_accuracy_drop,
-            provider=provider.value,
+            provider=provider.value, onnx_backends=[b.strip() for b in backends.split(",") if b.strip()],
             timing=TimingPolicy(warmup_iterations=warmup, min_iterations=min(5, iterations), max_iterations=iterations,
                                 time_budget_s=time_budget),
         )

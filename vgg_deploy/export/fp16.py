@@ -54,6 +54,45 @@ def activation_peaks(model_path: Path, batches: Sequence[np.ndarray], *, input_n
     return peaks
 
 
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def drop_fp16_round_trips(proto: onnx.ModelProto) -> int:
+    """Remove Cast(->fp16) -> Cast(->fp32) pairs the converter leaves between FP32-kept nodes.
+
+    Without this, a tensor passed between two nodes kept in FP32 for overflow still goes through FP16
+    (and becomes inf). Returns how many pairs were removed.
+    """
+    graph = proto.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed: list[onnx.NodeProto] = []
+    for node in list(graph.node):
+        if _cast_to(node) != onnx.TensorProto.FLOAT16 or node.output[0] in outputs:
+            continue
+        back = consumers.get(node.output[0], [])
+        if not back or any(_cast_to(c) != onnx.TensorProto.FLOAT for c in back):
+            continue
+        for cast in back:
+            for reader in consumers.get(cast.output[0], []):
+                reader.input[:] = [node.input[0] if name == cast.output[0] else name for name in reader.input]
+            removed.append(cast)
+        removed.append(node)
+    gone = {id(n) for n in removed}
+    kept_nodes = [n for n in graph.node if id(n) not in gone]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    live = {name for n in graph.node for name in [*n.input, *n.output]}
+    kept_info = [v for v in graph.value_info if v.name in live]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    return sum(1 for n in removed if _cast_to(n) == onnx.TensorProto.FLOAT16)
+
+
 def _strip_save_suffix(name: str) -> str:
     try:
         from onnxruntime.quantization.qdq_loss_debug import _TENSOR_SAVE_POSTFIX as suffix
@@ -71,13 +110,16 @@ def convert_fp16(
     peaks = activation_peaks(fp32_path, batches, input_name=input_name)
     limit = FP16_MAX * ACTIVATION_HEADROOM
     hot_tensors = {name for name, peak in peaks.items() if peak > limit}
-    blocked = sorted(node.name for node in proto.graph.node if any(t in hot_tensors for t in node.output))
+    # A node that reads or writes a too-large tensor stays FP32: a consumer in FP16 would receive inf.
+    blocked = sorted(node.name for node in proto.graph.node
+                     if any(t in hot_tensors for t in [*node.input, *node.output]))
     clamped_weights = weight_overflow(proto)
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=blocked)
+        drop_fp16_round_trips(converted)
         # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
         from onnxruntime.transformers.onnx_model import OnnxModel
 

@@ -61,6 +61,9 @@ def build_int8(
     parity, drop = quantize(kept_out)
     console.print(f"int8: top-1 {parity.top1:.4f} vs FP32 {parity.reference_top1:.4f} (drop {drop:+.2f} points)")
     sensitivity: list[tuple[str, float]] = []
+    if max_accuracy_drop is None and drop > 1.0:
+        console.print("int8: warning: more than 1 point lost; --max-accuracy-drop X keeps the most sensitive layers "
+                      "in FP32 until the loss is within X points")
     if max_accuracy_drop is not None and drop > max_accuracy_drop:
         sensitivity = calibration.rank_sensitive_nodes(
             fp32_path, out, calib_batches[:SENSITIVITY_BATCHES], input_name=input_name

@@ -64,7 +64,3 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
         else:
             proto.metadata_props.add(key=key, value=value)
 
-
-def read_metadata(path: Path) -> dict[str, str]:
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}

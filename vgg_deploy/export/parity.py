@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from vgg_deploy.metrics import topk_accuracy
+
 # (min top-1 agreement, max |dlogit| relative to the reference's logit range)
 TOLERANCES = {"fp32": (0.99, 1e-3), "fp16": (0.98, 2e-2)}
 
@@ -40,10 +42,6 @@ class Parity:
         return text
 
 
-def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
-
-
 def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> Parity:
     finite = np.isfinite(candidate)
     diff = np.abs(np.where(finite, candidate, 0.0) - reference)
@@ -53,7 +51,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
         max_abs_logit_diff=float(diff.max()) if diff.size else 0.0,
         mean_abs_logit_diff=float(diff.mean()) if diff.size else 0.0,
         reference_logit_range=float(np.ptp(reference)) if reference.size else 0.0,
-        top1=None if labels is None else top1_accuracy(candidate, labels),
-        reference_top1=None if labels is None else top1_accuracy(reference, labels),
+        top1=None if labels is None else topk_accuracy(candidate, labels, 1),
+        reference_top1=None if labels is None else topk_accuracy(reference, labels, 1),
         non_finite=int((~finite).sum()),
     )
