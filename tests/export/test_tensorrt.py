@@ -4,7 +4,6 @@ builder calls (recorded by a stand-in that has only the current API, so a remove
 from __future__ import annotations
 
 import types
-from pathlib import Path
 
 import pytest
 
