@@ -44,8 +44,8 @@ class Split:
             source=data.get("source", "stratified"),
         )
 
-    def absolute(self, items: list[tuple[str, int]], root: str | Path | None = None) -> list[tuple[Path, int]]:
-        base = Path(root or self.root)
+    def absolute(self, items: list[tuple[str, int]]) -> list[tuple[Path, int]]:
+        base = Path(self.root)
         return [(base / rel, label) for rel, label in items]
 
     def class_counts(self, items: list[tuple[str, int]]) -> list[int]:

@@ -46,7 +46,7 @@ def plot_benchmark(report: dict, folder: Path) -> None:
     for r in ok:
         x, y = r["latency_ms"][first_batch]["p50"], r["accuracy"]["top1"]
         ax.scatter([x], [y])
-        ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(f"{r['artifact']} ({r['backend']})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel=f"p50 latency, batch {first_batch} (ms)", ylabel="top-1", title="accuracy vs latency")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -56,15 +56,12 @@ def plot_benchmark(report: dict, folder: Path) -> None:
 
     batches = [str(b) for b in report["settings"]["batch_sizes"]]
     fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 4), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
-        names = [r["artifact"] for r in ok]
-        for i, r in enumerate(ok):
-            stats = r["latency_ms"][batch]
-            ax.errorbar([i], [stats["p50"]], yerr=[[0.0], [stats["p99"] - stats["p50"]]],
-                        fmt="o", capsize=4)
-            ax.plot([i], [stats["p90"]], "k_", markersize=10)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set(title=f"batch {batch}: p50 (dot), p90 (dash), p99 (bar top)", ylabel="ms")
+    labels = [f"{r['artifact']}\n{r['backend']}" for r in ok]
+    for ax, batch in zip(axes[0], batches, strict=True):
+        ax.boxplot([r["latency_samples_ms"][batch] for r in ok], whis=(1, 99), showfliers=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=7)
+        ax.set(title=f"batch {batch}: latency per iteration", ylabel="ms")
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(folder / "latency.png") as tmp:

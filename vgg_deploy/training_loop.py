@@ -19,9 +19,8 @@ from vgg_deploy.fileio import atomic_path, read_json, write_json
 from vgg_deploy.model import HEAD, group_parameters
 
 
-def _loader(items, transform, *, batch_size: int, workers: int, seed: int, sampler=None, shuffle=False):
-    return DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(seed))
+def _eval_loader(items, transform, *, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def _param_names(model: nn.Module, group: str) -> set[str]:
@@ -65,8 +64,8 @@ class TrainingLoop:
         train = DataLoader(train_set, batch_size=self.per_rank_batch, sampler=self._sampler(train_set),
                            shuffle=not dist.enabled, num_workers=self.workers,
                            generator=torch.Generator().manual_seed(c.seed))
-        val = _loader(self.val_items[dist.rank :: dist.world_size], pp.eval_transform(), batch_size=self.per_rank_batch,
-                      workers=self.workers, seed=c.seed)
+        val = _eval_loader(self.val_items[dist.rank :: dist.world_size], pp.eval_transform(),
+                           batch_size=self.per_rank_batch, workers=self.workers)
         return train, val
 
     def _cached_loaders(self):
@@ -79,8 +78,8 @@ class TrainingLoop:
 
         def codes_of(items):
             shard = items[dist.rank :: dist.world_size]
-            return T.extract_fc7(self.model, _loader(shard, eval_t, batch_size=self.per_rank_batch,
-                                                     workers=self.workers, seed=c.seed), **kw)
+            return T.extract_fc7(self.model, _eval_loader(shard, eval_t, batch_size=self.per_rank_batch,
+                                                          workers=self.workers), **kw)
 
         local_train, val_codes = codes_of(self.train_items), codes_of(self.val_items)
         train_codes = (dist.all_gather_tensor(local_train[0]), dist.all_gather_tensor(local_train[1]))

@@ -60,8 +60,9 @@ def _runners_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> li
     return runners
 
 
-def _latency(runner: Runner, pool: np.ndarray, options: BenchmarkOptions) -> tuple[dict, dict]:
-    latency, throughput = {}, {}
+def _latency(runner: Runner, pool: np.ndarray, options: BenchmarkOptions) -> tuple[dict, dict, dict]:
+    """(stats per batch, images/s per batch, every timed iteration in ms per batch)."""
+    latency, throughput, samples = {}, {}, {}
     for batch_size in options.batch_sizes:
         reps = -(-batch_size // len(pool))
         batch = np.concatenate([pool] * reps)[:batch_size]
@@ -71,9 +72,11 @@ def _latency(runner: Runner, pool: np.ndarray, options: BenchmarkOptions) -> tup
             runner.run(prepared)
             runner.synchronize()
 
-        stats, ips = summarize(measure(step, options.timing), batch_size=batch_size)
-        latency[str(batch_size)], throughput[str(batch_size)] = stats, ips
-    return latency, throughput
+        durations = measure(step, options.timing)
+        key = str(batch_size)
+        latency[key], throughput[key] = summarize(durations, batch_size=batch_size)
+        samples[key] = [round(d * 1000.0, 4) for d in durations]
+    return latency, throughput, samples
 
 
 def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names, options) -> dict:
@@ -84,7 +87,7 @@ def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names, opt
             result["accuracy"] = accuracy_figures(logits, labels, baseline_logits if baseline_logits is not None else logits,
                                                   class_names)
             pool = np.concatenate(batches)[: max(options.batch_sizes)]
-            result["latency_ms"], result["throughput_ips"] = _latency(runner, pool, options)
+            result["latency_ms"], result["throughput_ips"], result["latency_samples_ms"] = _latency(runner, pool, options)
             return result | {"_logits": logits}
     except UnavailableError as err:
         return result | {"status": "skipped", "reason": str(err)}
