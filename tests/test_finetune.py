@@ -92,3 +92,12 @@ def test_skipped_bad_images_are_listed_in_the_run(tiny_data, tmp_path):
     skipped = json.loads((out / "skipped_images.json").read_text())
     assert [s["path"].endswith("broken.png") for s in skipped] == [True]
     assert json.loads((out / "model.json").read_text())["data"]["skipped_images"] == 1
+
+
+def test_a_failed_start_leaves_the_run_folder_empty(tiny_data, tmp_path):
+    from vgg_deploy.errors import WeightsError
+
+    out = tmp_path / "run"
+    with pytest.raises(WeightsError):
+        finetune(_config(tiny_data, out, weights=str(tmp_path / "missing.safetensors")))
+    assert list(out.iterdir()) == []

@@ -76,13 +76,16 @@ def _prepare_run_folder(config: FinetuneConfig, resume: bool) -> Path:
 def _make_split(config: FinetuneConfig, out: Path, resume: bool) -> Split:
     if resume:
         return Split.from_dict(read_json(out / runfolder.SPLIT_JSON))
-    split = build_split(Path(config.data), val_fraction=config.val_split, seed=config.seed,
-                        skip_bad_images=config.skip_bad_images)
+    return build_split(Path(config.data), val_fraction=config.val_split, seed=config.seed,
+                       skip_bad_images=config.skip_bad_images)
+
+
+def _write_run_start(config: FinetuneConfig, out: Path, split: Split) -> None:
+    """Written only once data and weights are both known good, so a failed start leaves RUN untouched."""
     write_json(out / runfolder.SPLIT_JSON, split.to_dict())
     if split.skipped:
         write_json(out / runfolder.SKIPPED_JSON, [asdict(b) for b in split.skipped])
     write_json(out / runfolder.CONFIG_JSON, asdict(config))
-    return split
 
 
 def finetune(config: FinetuneConfig, *, resume: bool = False) -> dict:
@@ -125,6 +128,8 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     )
 
     model, weights_info = pretrained_vgg16(config.weights)
+    if not resume:
+        dist.on_main(lambda: _write_run_start(config, out, split))
     pretrained = weights_info["pretrained"]
     train_items, val_items = split.absolute(split.train), split.absolute(split.val)
     decision = dist.on_main(lambda: _decide(config, model, weights_info, train_items, train_counts, preprocessing, device))
