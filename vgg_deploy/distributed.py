@@ -71,7 +71,7 @@ class Distributed:
         """Concatenate every rank's rows (ranks may hold different row counts)."""
         if not self.enabled:
             return tensor
-        return torch.cat([t for t in self.gather(tensor.cpu())])
+        return torch.cat(self.gather(tensor.cpu()))
 
 
 def from_environment(device: str) -> Distributed:

@@ -127,6 +127,9 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         f"({split.source} split)" + (f", {len(split.skipped)} bad image(s) skipped" if split.skipped else "")
     )
 
+    if dist.enabled and config.weights == "imagenet":
+        # Rank 0 fills torchvision's download cache first, so ranks do not race to write the same file.
+        dist.on_main(lambda: bool(pretrained_vgg16(config.weights)))
     model, weights_info = pretrained_vgg16(config.weights)
     if not resume:
         dist.on_main(lambda: _write_run_start(config, out, split))

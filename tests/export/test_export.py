@@ -118,7 +118,7 @@ def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32(tiny_onnx, tiny
         floats = calibration.qdq_properties(path)["float_nodes"]
         return reference if ranking[0][0] in floats else np.roll(reference, 1, axis=1)
 
-    info = build_int8(tiny_onnx, tmp_path / "q.onnx", calib_batches=tiny_batches, input_name="input", method="minmax",
+    info = build_int8(tiny_onnx, tmp_path / "q.onnx", fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input", method="minmax",
                       cache_dir=tmp_path / "calibration", evaluate=evaluate, reference_logits=reference, labels=labels,
                       max_accuracy_drop=1.0)
     assert info["kept_fp32"] == [ranking[0][0]]
@@ -126,7 +126,7 @@ def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32(tiny_onnx, tiny
     assert info["qdq"]["float_nodes"] == [ranking[0][0]]
 
     with pytest.raises(ExportError, match="exceeds --max-accuracy-drop"):
-        build_int8(tiny_onnx, tmp_path / "q2.onnx", calib_batches=tiny_batches, input_name="input", method="minmax",
+        build_int8(tiny_onnx, tmp_path / "q2.onnx", fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input", method="minmax",
                    cache_dir=tmp_path / "calibration", evaluate=lambda p: np.roll(reference, 1, axis=1),
                    reference_logits=reference, labels=labels, max_accuracy_drop=1.0)
     assert not (tmp_path / "q2.onnx").exists()

@@ -56,7 +56,7 @@ def test_engine_config_uses_the_tensorrt_backend_and_its_profile():
     from vgg_deploy.export.triton import build_config
 
     entry = {"name": "trt-int8", "format": "tensorrt", "engine": {"profile": {"min": 1, "opt": 8, "max": 16}}}
-    config = build_config(entry, name="vgg16_trt_int8", image_size=224, num_classes=6, max_batch_size=16,
+    config = build_config(entry, name="vgg16_trt_int8", input_name="input", output_name="logits", image_size=224, num_classes=6, max_batch_size=16,
                           preferred_batch_sizes=[8, 16])
     assert config.backend == "tensorrt" and config.default_model_filename == "model.plan"
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

@@ -15,7 +15,7 @@ import calibration
 from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError
 from vgg_deploy.export.parity import compare
-from vgg_deploy.fileio import atomic_path, sha256_file
+from vgg_deploy.fileio import atomic_path
 
 # Batches the sensitivity search runs through both models (activations are held in memory).
 SENSITIVITY_BATCHES = 2
@@ -25,6 +25,7 @@ def build_int8(
     fp32_path: Path,
     out: Path,
     *,
+    fp32_sha256: str,
     calib_batches: Sequence[np.ndarray],
     input_name: str,
     method: str,
@@ -34,8 +35,9 @@ def build_int8(
     labels: np.ndarray,
     max_accuracy_drop: float | None,
 ) -> dict:
-    """`evaluate(path)` returns the candidate's logits on the images behind `reference_logits`/`labels`."""
-    key = calibration.CalibrationKey(sha256_file(fp32_path), calibration.hash_batches(calib_batches), method)
+    """`fp32_sha256` is the FP32 file's hash (the manifest has it; a 500 MB file is not read twice).
+    `evaluate(path)` returns the candidate's logits on the images behind `reference_logits`/`labels`."""
+    key = calibration.CalibrationKey(fp32_sha256, calibration.hash_batches(calib_batches), method)
     cache = calibration.RangeCache(cache_dir)
     reusable, why = cache.lookup(key)
     if reusable:

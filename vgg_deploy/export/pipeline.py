@@ -129,13 +129,15 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
             from vgg_deploy.export.int8 import build_int8
 
             info = build_int8(
-                export_dir / mf.FILENAME["onnx"], path, calib_batches=calibration_batches(), input_name=INPUT_NAME,
+                export_dir / mf.FILENAME["onnx"], path, fp32_sha256=artifacts["onnx"]["sha256"],
+                calib_batches=calibration_batches(), input_name=INPUT_NAME,
                 method=options.calib_method, cache_dir=export_dir / "calibration", evaluate=ort_logits,
                 reference_logits=reference, labels=val_labels, max_accuracy_drop=options.max_accuracy_drop,
             )
             artifacts[name] = mf.artifact_entry(export_dir, name, **info)
         else:
-            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options)
+            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options,
+                                         source_sha256=artifacts[SOURCE[name]]["sha256"])
 
     entries = {**{k: v for k, v in kept.items() if k not in artifacts}, **artifacts}
     manifest = {
@@ -172,7 +174,7 @@ def _checked_parity(name, precision, path: Path, reference, logits, labels) -> d
     return parity.to_dict()
 
 
-def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions) -> dict:
+def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_sha256: str) -> dict:
     from vgg_deploy.export.tensorrt_build import build_engine
     from vgg_deploy.export.tensorrt_meta import detect_environment, make_sidecar, timing_cache_name, write_sidecar
 
@@ -183,7 +185,7 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
     build_engine(source, engine, env=env, input_name=INPUT_NAME, image_size=image_size, profile=options.profile,
                  workspace_bytes=workspace, timing_cache=export_dir / timing_cache_name(env))
     sidecar = make_sidecar(env=env, precision=mf.PRECISION[name], profile=options.profile, source_onnx=source.name,
-                           source_sha256=sha256_file(source), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+                           source_sha256=source_sha256, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
                            image_size=image_size, strongly_typed=True, workspace_bytes=workspace)
     write_sidecar(engine, sidecar)
     return mf.artifact_entry(export_dir, name, engine=sidecar)

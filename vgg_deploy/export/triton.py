@@ -34,13 +34,13 @@ def model_name(artifact: str, prefix: str = "vgg16") -> str:
     return f"{prefix}_{artifact.replace('-', '_')}"
 
 
-def build_config(entry: dict, *, name: str, image_size: int, num_classes: int, max_batch_size: int,
-                 preferred_batch_sizes: list[int]):
+def build_config(entry: dict, *, name: str, input_name: str, output_name: str, image_size: int, num_classes: int,
+                 max_batch_size: int, preferred_batch_sizes: list[int]):
     mc = require_model_config()
     backend, filename = BACKEND[entry["format"]]
     config = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size, default_model_filename=filename)
-    config.input.add(name=entry.get("input_name", "input"), data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
-    config.output.add(name=entry.get("output_name", "logits"), data_type=mc.TYPE_FP32, dims=[num_classes],
+    config.input.add(name=input_name, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
+    config.output.add(name=output_name, data_type=mc.TYPE_FP32, dims=[num_classes],
                       label_filename=LABELS)
     config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in preferred_batch_sizes if b <= max_batch_size}))
     config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
@@ -61,7 +61,8 @@ def write_triton_repo(export_dir: Path, manifest: dict, repo: Path, *, max_batch
     for entry in manifest["artifacts"]:
         name = model_name(entry["name"])
         batch_limit = entry.get("engine", {}).get("profile", {}).get("max", max_batch_size)
-        config = build_config(entry, name=name, image_size=image_size, num_classes=len(class_names),
+        config = build_config(entry, name=name, input_name=manifest["input"]["name"],
+                              output_name=manifest["output"]["name"], image_size=image_size, num_classes=len(class_names),
                               max_batch_size=min(max_batch_size, batch_limit), preferred_batch_sizes=preferred_batch_sizes)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
         try:
