@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vgg_deploy import cases
-from vgg_deploy import train as T
+from vgg_deploy.finetune import cases
+from vgg_deploy.finetune import devices as D
+from vgg_deploy.finetune import epoch as E
+from vgg_deploy.finetune import optimization as O
 from vgg_deploy.model import new_vgg16
 
 
@@ -42,16 +44,16 @@ def plain_step_factory(model):
 
 
 def toolkit_step_factory(model):
-    plan = cases.plan_for_case("large-different", head_lr=1e-4, pretrained=False, epochs=1)
+    plan = cases.plan_for_case("large-different", lr=1e-4, pretrained=False, epochs=1)
     model.to(memory_format=torch.channels_last)
-    T.apply_freeze(model, plan)
-    T.set_train_mode(model, plan)
-    optimizer = T.build_optimizer(model, plan, weight_decay=0.0)
-    precision = T.resolve_precision("auto", torch.device("cpu"))
+    O.apply_freeze(model, plan)
+    O.set_train_mode(model, plan)
+    optimizer = O.build_optimizer(model, plan, weight_decay=0.0)
+    precision = D.resolve_precision("auto", torch.device("cpu"))
     loss_fn = nn.CrossEntropyLoss()
 
     def step(x, y):
-        stats = T.run_epoch(model, [(x, y)], loss_fn=loss_fn, device=torch.device("cpu"), precision=precision,
+        stats = E.run_epoch(model, [(x, y)], loss_fn=loss_fn, device=torch.device("cpu"), precision=precision,
                             channels_last=True, optimizer=optimizer)
         return stats.loss
 

@@ -48,6 +48,44 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def _subset(root: Path, keep: tuple[str, ...]) -> Path:
+    import shutil
+
+    for class_dir in root.iterdir():
+        if class_dir.name not in keep:
+            shutil.rmtree(class_dir)
+    return root
+
+
+SCRATCH_EPOCHS = 2
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory, tiny_data) -> Path:
+    """VGG16 from scratch (the toolkit's recipe: VGG16-BN, folded) on `tiny_data`; a source for transfer tests."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("scratch_run") / "run"
+    finetune(FinetuneConfig(data=str(tiny_data), out=str(out), weights="none", image_size=SMALL_IMAGE_SIZE,
+                            epochs=SCRATCH_EPOCHS, batch_size=8, workers=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_target(tmp_path_factory) -> Path:
+    """New classes of the same family, few images: train/ and val/ as given, and a larger test/ drawn apart."""
+    from vgg_deploy.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("target") / "data"
+    keep = ("pentagon", "star")
+    write_sample_data(root / "train", images_per_class=12, size=48, family="more-shapes")
+    write_sample_data(root / "val", images_per_class=6, size=48, family="more-shapes", first_index=100)
+    write_sample_data(root / "test", images_per_class=40, size=48, family="more-shapes", first_index=200)
+    for part in ("train", "val", "test"):
+        _subset(root / part, keep)
+    return root
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, sample_data) -> Path:
     """The end-to-end run every export/benchmark test reads: small-similar probe, 64 px, CPU."""

@@ -32,6 +32,9 @@ def test_python_dash_m_works_like_the_script():
         (["finetune", "{tmp}/missing", "--out", "{tmp}/run"], "does not exist"),
         (["finetune", "{tiny}", "--out", "{tmp}/run", "--weights", "{tmp}/none.safetensors"], "does not exist"),
         (["finetune", "{tiny}", "--out", "{tmp}/run", "--weights", "imagenet", "--device", "cuda"], "CUDA"),
+        (["finetune", "{tiny}", "--out", "{tmp}/run", "--weights", "{tmp}"], "is a folder but not a finetune run"),
+        (["finetune", "{tiny}", "--out", "{tmp}/run", "--val-split", "0.6", "--test-split", "0.5"],
+         "together must stay below 1"),
         (["export", "{tmp}/norun"], "does not exist"),
         (["benchmark", "{tmp}/norun"], "does not exist"),
         (["benchmark", "{tmp}", "--batch-sizes", "1,x"], "--batch-sizes must be"),
@@ -58,3 +61,20 @@ def test_sample_data_is_deterministic(tmp_path):
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert len(files) == 3 * len(CLASSES)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+
+
+def test_sample_families_draw_their_own_classes(tmp_path):
+    from vgg_deploy.cli.sample_data import Family
+    from vgg_deploy.sample_data import FAMILIES
+
+    assert [f.value for f in Family] == list(FAMILIES)
+    for family in FAMILIES:
+        out = tmp_path / family
+        result = runner.invoke(app, ["sample-data", str(out), "--images-per-class", "2", "--family", family, "--size", "32"])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == sorted(FAMILIES[family])
+    # Families share no class, and no two families draw the same picture.
+    names = [n for classes in FAMILIES.values() for n in classes]
+    assert len(names) == len(set(names))
+    pictures = {p.read_bytes() for p in tmp_path.rglob("*.png")}
+    assert len(pictures) == 2 * len(names)

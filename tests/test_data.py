@@ -55,12 +55,28 @@ def test_single_class_is_refused(tiny_data, tmp_path):
 
 
 def test_split_is_stratified_and_seeded(tiny_data):
-    a = build_split(tiny_data, val_fraction=0.25, seed=1, skip_bad_images=False)
-    b = build_split(tiny_data, val_fraction=0.25, seed=1, skip_bad_images=False)
-    c = build_split(tiny_data, val_fraction=0.25, seed=2, skip_bad_images=False)
+    a = build_split(tiny_data, val_fraction=0.25, test_fraction=0.25, seed=1, skip_bad_images=False)
+    b = build_split(tiny_data, val_fraction=0.25, test_fraction=0.25, seed=1, skip_bad_images=False)
+    c = build_split(tiny_data, val_fraction=0.25, test_fraction=0.25, seed=2, skip_bad_images=False)
     assert a.to_dict() == b.to_dict() and a.val != c.val
     assert Counter(y for _, y in a.val) == {0: 2, 1: 2, 2: 2}
-    assert not set(a.train) & set(a.val)
+    assert Counter(y for _, y in a.test) == {0: 2, 1: 2, 2: 2}
+    assert not set(a.train) & set(a.val) and not set(a.train) & set(a.test) and not set(a.val) & set(a.test)
+    assert len(a.train) + len(a.val) + len(a.test) == 24
+    assert a.to_dict()["test"] == [list(item) for item in a.test]
+
+
+def test_tiny_classes_give_each_held_out_part_one_image(tiny_data, tmp_path):
+    root = _copy(tiny_data, tmp_path)
+    for f in sorted((root / "circle").iterdir())[3:]:
+        f.unlink()  # circle keeps 3 images: one each for train, val and test
+    split = build_split(root, val_fraction=0.2, test_fraction=0.2, seed=0, skip_bad_images=False)
+    assert [sum(y == 0 for _, y in part) for part in (split.train, split.val, split.test)] == [1, 1, 1]
+    (sorted((root / "circle").iterdir())[0]).unlink()
+    with pytest.raises(DataError, match="'circle' has 2 usable image"):
+        build_split(root, val_fraction=0.2, test_fraction=0.2, seed=0, skip_bad_images=False)
+    with pytest.raises(DataError, match="together must stay below 1"):
+        build_split(tiny_data, val_fraction=0.5, test_fraction=0.5, seed=0, skip_bad_images=False)
 
 
 def test_train_and_val_folders_are_the_split(tiny_data, tmp_path):
@@ -74,10 +90,18 @@ def test_train_and_val_folders_are_the_split(tiny_data, tmp_path):
             shutil.copy(f, root / "train" / cls / f.name)
         for f in files[6:]:
             shutil.copy(f, root / "val" / cls / f.name)
-    split = build_split(root, val_fraction=0.2, seed=0, skip_bad_images=False)
+    split = build_split(root, val_fraction=0.2, test_fraction=0.2, seed=0, skip_bad_images=False)
+    # No test/: a stratified test split is held out of train/, val/ stays as the user made it.
+    assert split.source == "folders, test held out of train/"
+    assert len(split.train) == 10 and len(split.val) == 4 and len(split.test) == 2
+    assert all(p.startswith("val/") for p, _ in split.val) and all(p.startswith("train/") for p, _ in split.test)
+    for cls in ("circle", "square"):
+        (root / "test" / cls).mkdir(parents=True)
+        shutil.copy(sorted((tiny_data / cls).iterdir())[0], root / "test" / cls / "t.png")
+    split = build_split(root, val_fraction=0.2, test_fraction=0.2, seed=0, skip_bad_images=False)
     assert split.source == "folders"
-    assert len(split.train) == 12 and len(split.val) == 4
-    assert all(p.startswith("val/") for p, _ in split.val)
+    assert len(split.train) == 12 and len(split.val) == 4 and [p for p, _ in split.test] == ["test/circle/t.png",
+                                                                                             "test/square/t.png"]
 
 
 def test_bad_images_stop_with_a_list_or_are_skipped(tiny_data, tmp_path):
@@ -91,7 +115,7 @@ def test_bad_images_stop_with_a_list_or_are_skipped(tiny_data, tmp_path):
     assert "\n" not in text
     split = build_split(root, val_fraction=0.2, seed=0, skip_bad_images=True)
     assert len(split.skipped) == 2
-    assert len(split.train) + len(split.val) == 24
+    assert len(split.train) + len(split.val) + len(split.test) == 24
 
 
 def test_class_weights_favour_the_minority():

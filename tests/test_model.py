@@ -73,3 +73,27 @@ def test_imagenet_offline_names_the_alternatives(monkeypatch):
     with pytest.raises(WeightsError) as err:
         pretrained_vgg16("imagenet")
     assert "--weights PATH" in str(err.value) and "--weights none" in str(err.value)
+
+
+def test_batch_norm_folds_exactly_into_a_plain_vgg16():
+    from vgg_deploy.model import fold_batch_norm, has_batch_norm
+
+    torch.manual_seed(0)
+    model = new_vgg16(5, batch_norm=True)
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics and affine terms
+        for _ in range(3):
+            model(torch.randn(4, 3, 32, 32) * 3 + 1)
+        for module in model.features:
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    plain = fold_batch_norm(model)
+    assert not has_batch_norm(plain)
+    assert set(plain.state_dict()) == set(new_vgg16(5).state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, folded = model(x), plain(x)
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))

@@ -16,13 +16,17 @@ from vgg_deploy.imaging import IMAGE_EXTENSIONS, BadImage, check_image, load_rgb
 
 @dataclass
 class Split:
-    """Which images train and which validate; written to RUN/split.json so later steps reuse it."""
+    """Which images train, which validate and which test; written to RUN/split.json so later steps reuse it.
+
+    train fits the weights; val chooses the checkpoint (and export's calibration decisions); test is only
+    ever reported on (export's parity, the benchmark's accuracy), never used to decide anything."""
 
     root: str
     class_names: list[str]
     train: list[tuple[str, int]]  # (path relative to root, label)
     val: list[tuple[str, int]]
-    source: str = "stratified"  # or "folders" when DATA had train/ and val/
+    test: list[tuple[str, int]] = field(default_factory=list)
+    source: str = "stratified"  # "folders" (train/ val/ test/), "folders, test held out of train/", "stratified"
     skipped: list[BadImage] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -32,6 +36,7 @@ class Split:
             "class_names": self.class_names,
             "train": [list(item) for item in self.train],
             "val": [list(item) for item in self.val],
+            "test": [list(item) for item in self.test],
         }
 
     @classmethod
@@ -41,6 +46,8 @@ class Split:
             class_names=list(data["class_names"]),
             train=[(str(p), int(y)) for p, y in data["train"]],
             val=[(str(p), int(y)) for p, y in data["val"]],
+            # Runs written before the test split existed have none; later steps say so when they need it.
+            test=[(str(p), int(y)) for p, y in data.get("test", [])],
             source=data.get("source", "stratified"),
         )
 
@@ -93,39 +100,63 @@ def has_predefined_split(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "val").is_dir()
 
 
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise DataError(f"{name} must be between 0 and 1 (got {value})")
+
+
 def stratified_split(
-    samples: list[tuple[Path, int]], class_names: list[str], *, val_fraction: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-split must be between 0 and 1 (got {val_fraction})")
+    samples: list[tuple[Path, int]], class_names: list[str], *, fractions: dict[str, float], seed: int
+) -> dict[str, list[tuple[Path, int]]]:
+    """Split each class by `fractions` ({part: fraction}); what is left trains.
+
+    Each part gets round(n * fraction) images of a class but at least one, and train keeps at least one,
+    so a class needs 1 + len(fractions) images; tiny classes therefore give their held-out parts one
+    image each before train gets more."""
+    for name, value in fractions.items():
+        _check_fraction(f"--{name}-split", value)
+    if sum(fractions.values()) >= 1.0:
+        raise DataError(f"--val-split and --test-split together must stay below 1 (got {sum(fractions.values()):.2f})")
     rng = random.Random(seed)
     by_class: dict[int, list[Path]] = {}
     for path, label in samples:
         by_class.setdefault(label, []).append(path)
-    train, val = [], []
+    parts: dict[str, list[tuple[Path, int]]] = {"train": [], **{name: [] for name in fractions}}
+    needed = 1 + len(fractions)
     for label in sorted(by_class):
         paths = sorted(by_class[label])
-        if len(paths) < 2:
-            raise DataError(f"class '{class_names[label]}' has {len(paths)} usable image; a train/val split needs at least 2")
+        if len(paths) < needed:
+            raise DataError(f"class '{class_names[label]}' has {len(paths)} usable image(s); "
+                            f"a split into train, {', '.join(fractions)} needs at least {needed}")
         rng.shuffle(paths)
-        n_val = min(max(1, round(len(paths) * val_fraction)), len(paths) - 1)
-        val += [(p, label) for p in paths[:n_val]]
-        train += [(p, label) for p in paths[n_val:]]
-    return train, val
+        start = 0
+        for name, fraction in fractions.items():
+            left_for_others = len(paths) - start - (needed - 1 - list(fractions).index(name))
+            count = min(max(1, round(len(paths) * fraction)), left_for_others)
+            parts[name] += [(p, label) for p in paths[start : start + count]]
+            start += count
+        parts["train"] += [(p, label) for p in paths[start:]]
+    return parts
 
 
-def build_split(root: Path, *, val_fraction: float, seed: int, skip_bad_images: bool) -> Split:
-    """Scan, check every image, and split. Bad images stop here with a list, unless skipped."""
+def build_split(root: Path, *, val_fraction: float, test_fraction: float = 0.2, seed: int,
+                skip_bad_images: bool) -> Split:
+    """Scan, check every image, and split. Bad images stop here with a list, unless skipped.
+
+    DATA/train, DATA/val (and DATA/test) are used as they are; without test/ a stratified test split is
+    held out of train/; without any of them, val and test are both held out, stratified by class."""
     root = Path(root)
+    folders: dict[str, list[tuple[Path, int]]] = {}
     if root.is_dir() and has_predefined_split(root):
-        class_names, train_samples = scan_image_folder(root / "train")
-        val_names, val_samples = scan_image_folder(root / "val", min_classes=1)
-        if val_names != class_names:
-            raise DataError(
-                f"{root / 'val'} classes {val_names} differ from {root / 'train'} classes {class_names}"
-            )
-        all_samples = train_samples + val_samples
-        source = "folders"
+        class_names, folders["train"] = scan_image_folder(root / "train")
+        for part in ("val", "test"):
+            if part == "test" and not (root / "test").is_dir():
+                continue
+            names, folders[part] = scan_image_folder(root / part, min_classes=1)
+            if names != class_names:
+                raise DataError(f"{root / part} classes {names} differ from {root / 'train'} classes {class_names}")
+        all_samples = [item for items in folders.values() for item in items]
+        source = "folders" if "test" in folders else "folders, test held out of train/"
     else:
         class_names, all_samples = scan_image_folder(root)
         source = "stratified"
@@ -139,9 +170,12 @@ def build_split(root: Path, *, val_fraction: float, seed: int, skip_bad_images: 
     def keep(items):
         return [(p, y) for p, y in items if str(p) not in bad_paths]
 
-    if source == "folders":
-        train, val = keep(train_samples), keep(val_samples)
-        present = {y for _, y in train}
+    if folders:
+        parts = {name: keep(items) for name, items in folders.items()}
+        if "test" not in parts:
+            held = stratified_split(parts["train"], class_names, fractions={"test": test_fraction}, seed=seed)
+            parts["train"], parts["test"] = held["train"], held["test"]
+        present = {y for _, y in parts["train"]}
         missing = [name for i, name in enumerate(class_names) if i not in present]
         if missing:
             raise DataError(f"class folder(s) {missing} under {root / 'train'} have no usable images")
@@ -151,14 +185,13 @@ def build_split(root: Path, *, val_fraction: float, seed: int, skip_bad_images: 
         empty = [class_names[i] for i in range(len(class_names)) if present.get(i, 0) == 0]
         if empty:
             raise DataError(f"class folder(s) {empty} have no usable images after skipping bad files")
-        train, val = stratified_split(kept, class_names, val_fraction=val_fraction, seed=seed)
+        parts = stratified_split(kept, class_names, fractions={"val": val_fraction, "test": test_fraction}, seed=seed)
 
     def rel(items):
         return [(p.relative_to(root).as_posix(), y) for p, y in items]
 
-    return Split(
-        root=str(root.resolve()), class_names=class_names, train=rel(train), val=rel(val), source=source, skipped=bad
-    )
+    return Split(root=str(root.resolve()), class_names=class_names, train=rel(parts["train"]), val=rel(parts["val"]),
+                 test=rel(parts["test"]), source=source, skipped=bad)
 
 
 def class_weights(counts: list[int]) -> torch.Tensor:

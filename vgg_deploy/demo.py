@@ -1,4 +1,11 @@
-"""`vgg-deploy demo`: sample data -> finetune -> export -> benchmark, on the CPU in a few minutes."""
+"""`vgg-deploy demo`: sample data -> a source model -> transfer to a new task -> export -> benchmark, on the
+CPU in a few minutes.
+
+Offline there are no ImageNet weights, so the demo makes its own source: VGG16 trained from scratch on
+the `shapes` family. It then transfers that source, with `--case auto`, to a small `more-shapes` target
+(new classes drawn in the same style), and exports and benchmarks the transferred model. With ImageNet
+weights in torch's cache the source step is skipped and the target starts from ImageNet.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,11 @@ from pathlib import Path
 from vgg_deploy.console import console
 from vgg_deploy.errors import VggDeployError
 
-DEMO_IMAGE_SIZE = 64
-DEMO_IMAGES_PER_CLASS = 60
+DEMO_IMAGE_SIZE = 32
+SOURCE_IMAGES_PER_CLASS = 150
+SOURCE_EPOCHS = 8
+TARGET_IMAGES_PER_CLASS = 40
+TARGET_EPOCHS = 15
 
 
 def imagenet_weights_cached() -> bool:
@@ -20,7 +30,7 @@ def imagenet_weights_cached() -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / filename).is_file()
 
 
-def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = 15) -> dict:
+def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = TARGET_EPOCHS) -> dict:
     from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
     from vgg_deploy.benchmark.stats import TimingPolicy
     from vgg_deploy.export.pipeline import ExportOptions, export
@@ -32,29 +42,38 @@ def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = 15) -> d
         if not overwrite:
             raise VggDeployError(f"{out} already exists; pass --overwrite to replace the previous demo")
         shutil.rmtree(out)
-    data, run = out / "data", out / "run"
-    console.rule("1/4 sample data")
-    write_sample_data(data, images_per_class=DEMO_IMAGES_PER_CLASS)
-    console.print(f"sample data -> {data}")
+    size = dict(image_size=DEMO_IMAGE_SIZE)
 
-    console.rule("2/4 finetune")
+    console.rule("1/5 sample data")
+    source_data = write_sample_data(out / "data-shapes", images_per_class=SOURCE_IMAGES_PER_CLASS, size=48)
+    target_data = write_sample_data(out / "data-more-shapes", images_per_class=TARGET_IMAGES_PER_CLASS, size=48,
+                                    family="more-shapes")
+    console.print(f"source task (shapes) -> {source_data}\ntarget task (more-shapes, new classes) -> {target_data}")
+
+    console.rule("2/5 source model")
     if imagenet_weights_cached():
-        weights, case = "imagenet", "auto"
+        source = "imagenet"
+        console.print("ImageNet weights are in torch's cache: the target starts from them")
     else:
-        weights, case = "none", "small-similar"
-        console.print("ImageNet weights are not in torch's cache (and this machine may be offline): the demo uses "
-                      "--weights none --case small-similar, a linear probe on random VGG16 features. "
-                      "With ImageNet weights the same command picks its case itself.")
-    finetune(FinetuneConfig(data=str(data), out=str(run), case=case, weights=weights, image_size=DEMO_IMAGE_SIZE,
-                            epochs=epochs, batch_size=32))
-    console.print(f"run -> {run}")
+        source = str(out / "source")
+        console.print("ImageNet weights are not in torch's cache (and this machine may be offline): the demo "
+                      "trains its own source, VGG16 from scratch on the shapes family")
+        finetune(FinetuneConfig(data=str(source_data), out=source, weights="none", epochs=SOURCE_EPOCHS,
+                                batch_size=32, val_split=0.1, test_split=0.1, **size))
+        console.print(f"source run -> {source}")
 
-    console.rule("3/4 export")
+    console.rule("3/5 transfer to the target (--case auto)")
+    run = out / "run"
+    info = finetune(FinetuneConfig(data=str(target_data), out=str(run), weights=source, case="auto", epochs=epochs,
+                                   batch_size=16, **size))
+    console.print(f"run -> {run} (case {info['case']}, test top-1 {info['metrics']['test']['top1']:.3f})")
+
+    console.rule("4/5 export")
     # The budget makes the INT8 step keep its most sensitive layers in FP32 if it must (and say which).
     export(run, ExportOptions(formats=["all"], calib_images=64, max_accuracy_drop=1.0))
     console.print(f"artifacts -> {run / 'export'}")
 
-    console.rule("4/4 benchmark")
+    console.rule("5/5 benchmark")
     report = benchmark(run, BenchmarkOptions(batch_sizes=[1, 8], timing=TimingPolicy(time_budget_s=3.0, max_iterations=50)))
     console.print(f"benchmark -> {run / 'benchmark'}")
     return report

@@ -26,9 +26,22 @@ HEAD = "fc8"
 HEAD_KEYS = ("classifier.6.weight", "classifier.6.bias")
 
 
+def _feature_spans(features: nn.Sequential) -> list[slice]:
+    """conv1..conv5 as slices of `features`, each ending at its max-pool: the same for VGG16 and VGG16-BN."""
+    spans, start = [], 0
+    for index, module in enumerate(features):
+        if isinstance(module, nn.MaxPool2d):
+            spans.append(slice(start, index + 1))
+            start = index + 1
+    return spans
+
+
 def group_modules(model: nn.Module, group: str) -> list[nn.Module]:
     container, span = LAYER_GROUPS[group]
-    return list(getattr(model, container))[span]
+    modules = list(getattr(model, container))
+    if container == "features":
+        span = _feature_spans(model.features)[GROUP_NAMES.index(group)]
+    return modules[span]
 
 
 def group_parameters(model: nn.Module, group: str) -> list[nn.Parameter]:
@@ -43,10 +56,36 @@ def group_of_parameter(name: str) -> str:
     raise KeyError(name)
 
 
-def new_vgg16(num_classes: int = 1000) -> nn.Module:
-    from torchvision.models import vgg16
+def new_vgg16(num_classes: int = 1000, *, batch_norm: bool = False) -> nn.Module:
+    from torchvision.models import vgg16, vgg16_bn
 
-    return vgg16(weights=None, num_classes=num_classes)
+    return (vgg16_bn if batch_norm else vgg16)(weights=None, num_classes=num_classes)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.features)
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """A plain torchvision VGG16 computing what `model` (a VGG16-BN) computes in eval mode: each BatchNorm
+    folded into the conv before it (torch's own `fuse_conv_bn_eval`). The saved model is then the plain
+    VGG16 every later step and runtime expects."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    plain = new_vgg16(model.classifier[6].out_features)
+    layers = list(model.features)
+    folded = []
+    for index, module in enumerate(layers):
+        if isinstance(module, nn.BatchNorm2d):
+            continue
+        if isinstance(module, nn.Conv2d) and index + 1 < len(layers) and isinstance(layers[index + 1], nn.BatchNorm2d):
+            module = fuse_conv_bn_eval(module.eval(), layers[index + 1].eval())
+        folded.append(module)
+    for target, source in zip(plain.features, folded, strict=True):
+        if isinstance(target, nn.Conv2d):
+            target.load_state_dict(source.state_dict())
+    plain.classifier.load_state_dict(model.classifier.state_dict())
+    return plain.eval()
 
 
 def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None) -> None:
@@ -125,7 +164,8 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], *, source:
 
 
 def pretrained_vgg16(weights: str) -> tuple[nn.Module, dict]:
-    """VGG16 with a 1000-way head, from `imagenet`, `none`, or a local PATH. Returns (model, weights info)."""
+    """VGG16 with a 1000-way head, from `imagenet`, `none`, a local file or another run's folder.
+    Returns (model, weights info)."""
     model = new_vgg16(1000)
     if weights == "none":
         return model, {"source": "none", "pretrained": False, "imagenet_head": False}
@@ -134,6 +174,37 @@ def pretrained_vgg16(weights: str) -> tuple[nn.Module, dict]:
         load_pretrained(model, state, source="ImageNet weights")
         return model, {"source": "imagenet", "name": "IMAGENET1K_V1", "pretrained": True, "imagenet_head": True}
     path = Path(weights).expanduser()
+    source_run = _source_run(path)
+    if source_run is not None:
+        path = path / "model.safetensors"
     state = _file_state_dict(path)
     has_head = load_pretrained(model, state, source=str(path))
-    return model, {"source": str(path.resolve()), "pretrained": True, "imagenet_head": has_head}
+    info = {"source": str(path.resolve()), "pretrained": True, "imagenet_head": has_head,
+            "sha256": _sha256(path)}
+    if source_run is not None:
+        info["source_run"] = source_run
+    return model, info
+
+
+def _sha256(path: Path) -> str:
+    from vgg_deploy.fileio import sha256_file
+
+    return sha256_file(path)
+
+
+def _source_run(path: Path) -> dict | None:
+    """`--weights RUN`: another finetune run's kept checkpoint (any class count; its fc8 is dropped)."""
+    if not path.is_dir():
+        return None
+    import json
+
+    model_json = path / "model.json"
+    if not model_json.is_file():
+        raise WeightsError(f"--weights {path} is a folder but not a finetune run (no model.json)")
+    try:
+        info = json.loads(model_json.read_text())
+        return {"path": str(path.resolve()), "class_names": list(info["class_names"]), "case": info.get("case"),
+                "image_size": info["preprocessing"]["image_size"], "metrics": info.get("metrics", {}),
+                "weights": info.get("weights", {}).get("source")}
+    except (ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"--weights {path}: {model_json} is not a valid model description ({err})") from None

@@ -14,6 +14,7 @@ import calibration
 from vgg_deploy.errors import ExportError, RunFolderError, UnavailableError
 from vgg_deploy.export import manifest as mf
 from vgg_deploy.export.int8 import build_int8
+from vgg_deploy.export.parity import compare
 from vgg_deploy.export.pipeline import ExportOptions, export, resolve_formats
 from vgg_deploy.fileio import sha256_file
 
@@ -67,9 +68,26 @@ def test_int8_is_explicit_symmetric_per_channel_qdq(exported_run):
     assert len(qdq["quantized_nodes"]) == 16 and qdq["float_nodes"] == []
     calib = entry["calibration"]
     assert calib["images"] == 48 and calib["source"].startswith("train")
-    acc = entry["accuracy"]
-    assert 0.0 <= acc["top1"] <= 1.0 and acc["reference_top1"] is not None
     assert (exported_run / "export" / calib["ranges"]).is_file()
+
+
+def test_int8_accuracy_is_reported_on_test_and_decided_on_val(exported_run):
+    """The figure in the manifest is the INT8 file's own top-1 on the test split, recomputed here."""
+    from vgg_deploy.batches import load_batches, run_batches
+    from vgg_deploy.runfolder import open_run
+    from vgg_deploy.runners import OnnxRuntimeRunner
+
+    entry = {a["name"]: a for a in _manifest(exported_run)["artifacts"]}["onnx-int8"]
+    acc, decision = entry["accuracy"], entry["decision"]
+    assert acc["split"] == "test" and decision["split"] == "val"
+    run = open_run(exported_run)
+    split = run.split()
+    batches, labels = load_batches(split.absolute(split.test), run.preprocessing, batch_size=16)
+    with OnnxRuntimeRunner(exported_run / "export" / entry["path"]) as runner:
+        top1 = float((run_batches(runner, batches).argmax(1) == labels).mean())
+    assert acc["images"] == len(labels) == 72
+    assert acc["top1"] == pytest.approx(top1)
+    assert acc["drop_points"] == pytest.approx(100 * (acc["reference_top1"] - acc["top1"]))
 
 
 def test_calibration_images_come_from_train_only(exported_run):
@@ -78,8 +96,8 @@ def test_calibration_images_come_from_train_only(exported_run):
 
     split = open_run(exported_run).split()
     picked = stratified_sample(split.absolute(split.train), 48, seed=0)
-    val = {p for p, _ in split.absolute(split.val)}
-    assert not {p for p, _ in picked} & val
+    held_out = {p for p, _ in split.absolute(split.val) + split.absolute(split.test)}
+    assert not {p for p, _ in picked} & held_out
     assert len({label for _, label in picked}) == 6
 
 
@@ -112,6 +130,10 @@ def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32(tiny_onnx, tiny
     labels = reference.argmax(axis=1)
     ranking = []
 
+    def report(path):
+        parity = compare(reference, evaluate(path), labels)
+        return {**parity.to_dict(), "drop_points": 100 * (parity.reference_top1 - parity.top1)}
+
     def evaluate(path):
         if not ranking:
             ranking.extend(calibration.rank_sensitive_nodes(tiny_onnx, path, tiny_batches[:2], input_name="input"))
@@ -120,15 +142,15 @@ def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32(tiny_onnx, tiny
 
     info = build_int8(tiny_onnx, tmp_path / "q.onnx", fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input", method="minmax",
                       cache_dir=tmp_path / "calibration", evaluate=evaluate, reference_logits=reference, labels=labels,
-                      max_accuracy_drop=1.0)
+                      report=report, max_accuracy_drop=1.0)
     assert info["kept_fp32"] == [ranking[0][0]]
-    assert info["accuracy"]["drop_points"] <= 1.0
+    assert info["decision"]["drop_points"] <= 1.0 and info["accuracy"]["drop_points"] <= 1.0
     assert info["qdq"]["float_nodes"] == [ranking[0][0]]
 
     with pytest.raises(ExportError, match="exceeds --max-accuracy-drop"):
         build_int8(tiny_onnx, tmp_path / "q2.onnx", fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input", method="minmax",
                    cache_dir=tmp_path / "calibration", evaluate=lambda p: np.roll(reference, 1, axis=1),
-                   reference_logits=reference, labels=labels, max_accuracy_drop=1.0)
+                   reference_logits=reference, labels=labels, report=report, max_accuracy_drop=1.0)
     assert not (tmp_path / "q2.onnx").exists()
 
 

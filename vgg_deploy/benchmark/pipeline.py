@@ -100,7 +100,11 @@ def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names, opt
 def _eval_items(run, data: str | None):
     if data is None:
         split = run.split()
-        return split.absolute(split.val), f"val split of {run.path}"
+        if not split.test:
+            raise DataError(f"{run.path} has no test split (written by an older vgg-deploy); pass --data DIR "
+                            "or re-run `vgg-deploy finetune`")
+        # test: the images no decision (checkpoint, calibration, fallback) has seen.
+        return split.absolute(split.test), f"test split of {run.path}"
     class_names, samples = scan_image_folder(Path(data))
     if class_names != run.class_names:
         raise DataError(f"--data {data} has classes {class_names}; the model was trained on {run.class_names}")

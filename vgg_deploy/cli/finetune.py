@@ -30,15 +30,21 @@ class Precision(str, Enum):
 
 
 def finetune_command(
-    data: Path = typer.Argument(..., help="ImageFolder: one sub-folder per class (or train/ and val/ holding them)."),
+    data: Path = typer.Argument(..., help="ImageFolder: one sub-folder per class (or train/, val/ and optionally test/ holding them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
     case: Case = typer.Option(Case.auto, help="Transfer-learning case; auto estimates size and similarity."),
-    weights: str = typer.Option("imagenet", help="imagenet, none, or PATH to a VGG16 state dict (.safetensors/.pt)."),
+    weights: str = typer.Option("imagenet", help="imagenet, none, another run's folder (its fc8 is dropped), or PATH to "
+                                "a VGG16 state dict (.safetensors/.pt)."),
     image_size: int = typer.Option(224, min=32, help="Square input side in pixels."),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(32, min=1),
-    lr: float = typer.Option(None, help="Head learning rate (default 1e-3 pretrained, 3e-4 from scratch)."),
+    lr: float = typer.Option(None, help="Head rate with pretrained weights (1e-3); conv rate from scratch (1e-4)."),
+    weight_decay: float = typer.Option(0.05, min=0.0, help="AdamW's decoupled weight decay."),
     val_split: float = typer.Option(0.2, help="Validation fraction when DATA has no train/ and val/."),
+    test_split: float = typer.Option(0.2, help="Test fraction when DATA has no test/ (held out of train/ if DATA "
+                                     "has train/ and val/)."),
+    small_max_per_class: int = typer.Option(1000, min=1, help="--case auto: a data set is small below this many "
+                                            "training images per class."),
     seed: int = typer.Option(0),
     device: Device = typer.Option(Device.auto),
     precision: Precision = typer.Option(Precision.auto, help="Autocast precision; auto = bf16/fp16 where native."),
@@ -52,7 +58,8 @@ def finetune_command(
 
     config = FinetuneConfig(
         data=str(data), out=str(out), case=case.value, weights=weights, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, lr=lr, val_split=val_split, seed=seed, device=device.value,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_split=val_split,
+        test_split=test_split, small_max_per_class=small_max_per_class, seed=seed, device=device.value,
         precision=precision.value, patience=patience, skip_bad_images=skip_bad_images, workers=workers,
     )
     with user_errors():

@@ -1,4 +1,5 @@
-"""INT8 Q/DQ ONNX, calibrated on training images, checked against FP32 on the val split.
+"""INT8 Q/DQ ONNX, calibrated on training images; its accuracy budget decides on the val split, and
+its accuracy is reported on the test split, which no decision saw.
 
 Calibration itself lives in the VGG-agnostic `calibration` package; this module supplies the
 images, the accuracy budget, and the reporting.
@@ -33,10 +34,12 @@ def build_int8(
     evaluate: Callable[[Path], np.ndarray],
     reference_logits: np.ndarray,
     labels: np.ndarray,
+    report: Callable[[Path], dict],
     max_accuracy_drop: float | None,
 ) -> dict:
     """`fp32_sha256` is the FP32 file's hash (the manifest has it; a 500 MB file is not read twice).
-    `evaluate(path)` returns the candidate's logits on the images behind `reference_logits`/`labels`."""
+    `evaluate(path)` returns the candidate's logits on the decision images (val) behind
+    `reference_logits`/`labels`; `report(path)` gives the figures on the test images, after the decisions."""
     key = calibration.CalibrationKey(fp32_sha256, calibration.hash_batches(calib_batches), method)
     cache = calibration.RangeCache(cache_dir)
     reusable, why = cache.lookup(key)
@@ -61,7 +64,7 @@ def build_int8(
 
     kept_out: list[str] = []
     parity, drop = quantize(kept_out)
-    console.print(f"int8: top-1 {parity.top1:.4f} vs FP32 {parity.reference_top1:.4f} (drop {drop:+.2f} points)")
+    console.print(f"int8: val top-1 {parity.top1:.4f} vs FP32 {parity.reference_top1:.4f} (drop {drop:+.2f} points)")
     sensitivity: list[tuple[str, float]] = []
     if max_accuracy_drop is None and drop > 1.0:
         console.print("int8: warning: more than 1 point lost; --max-accuracy-drop X keeps the most sensitive layers "
@@ -84,7 +87,10 @@ def build_int8(
                 f"int8 top-1 drop {drop:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop} even with "
                 f"{len(kept_out)} layer(s) kept in FP32 ({', '.join(kept_out)}); try --calib-method or more --calib-images"
             )
-        console.print(f"int8: kept in FP32 to meet the budget: {', '.join(kept_out)}")
+        console.print(f"int8: kept in FP32 to meet the budget on val: {', '.join(kept_out)}")
+    reported = report(out)
+    console.print(f"int8: test top-1 {reported['top1']:.4f} vs FP32 {reported['reference_top1']:.4f} "
+                  f"(drop {reported['drop_points']:+.2f} points, agreement {reported['top1_agreement']:.4f})")
     return {
         "calibration": {
             "method": method,
@@ -96,7 +102,8 @@ def build_int8(
             "tensorrt_ep_table": [str(p.relative_to(cache_dir.parent)) for p in trt_table],
             "key": {"model_sha256": key.model_sha256, "data_sha256": key.data_sha256},
         },
-        "accuracy": {**parity.to_dict(), "drop_points": drop, "max_accuracy_drop": max_accuracy_drop},
+        "accuracy": {**reported, "split": "test", "max_accuracy_drop": max_accuracy_drop},
+        "decision": {**parity.to_dict(), "split": "val", "drop_points": drop},
         "kept_fp32": kept_out,
         "sensitivity_db": [[name, round(db, 3)] for name, db in sensitivity],
         "qdq": calibration.qdq_properties(out),

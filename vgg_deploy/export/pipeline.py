@@ -29,7 +29,7 @@ class ExportOptions:
     calib_images: int = 128
     calib_method: str = "entropy"
     max_accuracy_drop: float | None = None
-    check_images: int | None = 256  # val images for parity/accuracy checks (None: all)
+    check_images: int | None = 256  # test images for parity/accuracy figures, and val images for decisions (None: all)
     batch_size: int = 16
     profile: BatchProfile = field(default_factory=BatchProfile)
     workspace_gib: float = 4.0
@@ -84,17 +84,28 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         previous = {"artifacts": []}  # artifacts of another checkpoint are never carried over
     kept = {e["name"]: e for e in previous["artifacts"] if mf.still_valid(export_dir, e)}
 
-    check_items = stratified_sample(split.absolute(split.val), options.check_images, seed=options.seed)
-    val_batches, val_labels = load_batches(check_items, pp, batch_size=options.batch_size)
-    if not val_batches:
-        raise ExportError("the run's val split is empty; parity and accuracy cannot be checked")
+    if not split.test:
+        raise ExportError(f"{run.path} has no test split (written by an older vgg-deploy); parity is reported on "
+                          "images no decision saw, so re-run `vgg-deploy finetune` to get one")
+    # Figures are reported on test; decisions (the INT8 budget) look at val only.
+    test_batches, test_labels = load_batches(
+        stratified_sample(split.absolute(split.test), options.check_images, seed=options.seed), pp,
+        batch_size=options.batch_size)
+    val_batches, val_labels = load_batches(
+        stratified_sample(split.absolute(split.val), options.check_images, seed=options.seed), pp,
+        batch_size=options.batch_size)
     with TorchRunner(model, name="pytorch") as torch_runner:
-        reference = run_batches(torch_runner, val_batches)
-    console.print(f"reference: PyTorch FP32 on {len(val_labels)} val images, top-1 {(reference.argmax(1) == val_labels).mean():.4f}")
+        reference, val_reference = run_batches(torch_runner, test_batches), run_batches(torch_runner, val_batches)
+    console.print(f"reference: PyTorch FP32 on {len(test_labels)} test images, "
+                  f"top-1 {(reference.argmax(1) == test_labels).mean():.4f}")
 
-    def ort_logits(path: Path) -> np.ndarray:
+    def ort_logits(path: Path, batches=test_batches) -> np.ndarray:
         with OnnxRuntimeRunner(path) as runner:
-            return run_batches(runner, val_batches)
+            return run_batches(runner, batches)
+
+    def test_figures(path: Path) -> dict:
+        parity = compare(reference, ort_logits(path), test_labels)
+        return {**parity.to_dict(), "drop_points": 100.0 * (parity.reference_top1 - parity.top1)}
 
     calib_cache: list[np.ndarray] = []
 
@@ -114,7 +125,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         console.print(f"{name}: building {path.name}")
         if name == "onnx":
             info = export_fp32(model, preprocessing=pp, class_names=run.class_names, out=path)
-            figures = _checked_parity(name, "fp32", path, reference, ort_logits(path), val_labels)
+            figures = _checked_parity(name, "fp32", path, reference, ort_logits(path), test_labels)
             artifacts[name] = mf.artifact_entry(export_dir, name, **info, parity=figures)
         elif name == "onnx-fp16":
             from vgg_deploy.export.fp16 import convert_fp16
@@ -123,7 +134,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
                                 input_name=INPUT_NAME)
             if info["kept_fp32_nodes"]:
                 console.print(f"onnx-fp16: kept in FP32 to avoid FP16 overflow: {', '.join(info['kept_fp32_nodes'])}")
-            figures = _checked_parity(name, "fp16", path, reference, ort_logits(path), val_labels)
+            figures = _checked_parity(name, "fp16", path, reference, ort_logits(path), test_labels)
             artifacts[name] = mf.artifact_entry(export_dir, name, fp16=info, parity=figures)
         elif name == "onnx-int8":
             from vgg_deploy.export.int8 import build_int8
@@ -131,8 +142,9 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
             info = build_int8(
                 export_dir / mf.FILENAME["onnx"], path, fp32_sha256=artifacts["onnx"]["sha256"],
                 calib_batches=calibration_batches(), input_name=INPUT_NAME,
-                method=options.calib_method, cache_dir=export_dir / "calibration", evaluate=ort_logits,
-                reference_logits=reference, labels=val_labels, max_accuracy_drop=options.max_accuracy_drop,
+                method=options.calib_method, cache_dir=export_dir / "calibration",
+                evaluate=lambda p: ort_logits(p, val_batches), reference_logits=val_reference, labels=val_labels,
+                report=test_figures, max_accuracy_drop=options.max_accuracy_drop,
             )
             artifacts[name] = mf.artifact_entry(export_dir, name, **info)
         else:
@@ -147,7 +159,8 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         "preprocessing": pp.to_dict(),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, pp.image_size, pp.image_size], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(run.class_names)], "dtype": "float32"},
-        "checks": {"val_images": int(len(val_labels)), "reference": "pytorch fp32 eager"},
+        "checks": {"test_images": int(len(test_labels)), "val_images_for_decisions": int(len(val_labels)),
+                   "reference": "pytorch fp32 eager"},
         "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],
         "artifacts": list(entries.values()),
     }

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vgg_deploy import cases
-from vgg_deploy import train as T
+from vgg_deploy.finetune import cases
+from vgg_deploy.finetune import optimization as O
 from vgg_deploy.model import GROUP_NAMES, group_modules, group_of_parameter, new_vgg16, replace_head
 
 
@@ -21,12 +21,12 @@ def vgg():
 def test_after_a_step_exactly_the_planned_parameters_changed(vgg, case):
     model = vgg
     replace_head(model, 3, seed=0)
-    plan = cases.plan_for_case(case, head_lr=1e-3, pretrained=True, epochs=10)
-    T.apply_freeze(model, plan)
-    optimizer = T.build_optimizer(model, plan, weight_decay=0.05)
+    plan = cases.plan_for_case(case, lr=1e-3, pretrained=True, epochs=10)
+    O.apply_freeze(model, plan)
+    optimizer = O.build_optimizer(model, plan, weight_decay=0.05)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    T.set_train_mode(model, plan)
+    O.set_train_mode(model, plan)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     loss = torch.nn.functional.cross_entropy(model(x), y)
     optimizer.zero_grad()
@@ -44,22 +44,34 @@ def test_after_a_step_exactly_the_planned_parameters_changed(vgg, case):
         assert all(m.training for m in group_modules(model, group))
 
 
-def test_plans_match_the_design_table():
-    small_similar = cases.plan_for_case("small-similar", head_lr=1e-3, pretrained=True, epochs=10)
-    assert small_similar.trained == ("fc8",) and small_similar.cache_features
-    small_different = cases.plan_for_case("small-different", head_lr=1e-3, pretrained=True, epochs=10)
+def test_plans_follow_the_recipe_table():
+    small_similar = cases.plan_for_case("small-similar", lr=1e-3, pretrained=True, epochs=10)
+    assert small_similar.trained == ("fc8",) and small_similar.cache_features and small_similar.lr == {"fc8": 1e-3}
+    small_different = cases.plan_for_case("small-different", lr=1e-3, pretrained=True, epochs=10)
     assert small_different.frozen == ("conv1", "conv2", "conv3")
-    assert small_different.lr["conv4"] < small_different.lr["fc8"]
-    large_similar = cases.plan_for_case("large-similar", head_lr=1e-3, pretrained=True, epochs=10)
-    assert large_similar.frozen == () and large_similar.head_warmup_epochs >= 1
-    assert large_similar.lr["conv1"] <= 0.1 * large_similar.lr["fc8"]
-    large_different = cases.plan_for_case("large-different", head_lr=1e-3, pretrained=True, epochs=10)
-    assert large_different.lr["conv1"] >= 0.5 * large_different.lr["fc8"]
-    scratch = cases.plan_for_case("large-different", head_lr=1e-3, pretrained=False, epochs=10)
-    assert scratch.from_scratch and set(scratch.lr.values()) == {1e-3}
-    for plan in (small_similar, small_different, large_similar, large_different):
+    assert small_different.lr["conv4"] == pytest.approx(1e-4) and small_different.lr["fc6"] == pytest.approx(1e-5)
+    large_similar = cases.plan_for_case("large-similar", lr=1e-3, pretrained=True, epochs=10)
+    assert large_similar.frozen == () and large_similar.head_warmup_epochs == 2
+    # Pretrained convs of a VGG without BatchNorm stay within Adam's 1e-5..1e-4 that keeps their features.
+    assert large_similar.lr["conv1"] == pytest.approx(1e-5)
+    large_different = cases.plan_for_case("large-different", lr=1e-3, pretrained=True, epochs=10)
+    assert large_different.lr["conv1"] == pytest.approx(1e-4) and large_different.head_warmup_epochs == 0
+    for plan in (small_different, large_similar, large_different):
+        assert plan.lr["fc6"] == plan.lr["fc7"] == pytest.approx(cases.FC_LR_FACTOR * plan.lr["conv5"])
+    scratch = cases.plan_for_case("large-different", pretrained=False, epochs=10)
+    assert scratch.from_scratch and scratch.lr["conv1"] == cases.DEFAULT_SCRATCH_LR
+    assert scratch.lr["fc8"] == scratch.lr["fc6"] == pytest.approx(cases.FC_LR_FACTOR * cases.DEFAULT_SCRATCH_LR)
+    for plan in (small_similar, small_different, large_similar, large_different, scratch):
         assert plan.reinitialised == ("fc8",)
         assert set(plan.frozen) | set(plan.trained) == set(GROUP_NAMES)
+
+
+def test_early_stopping_waits_for_the_warmup():
+    plan = cases.plan_for_case("large-similar", lr=1e-3, pretrained=True, epochs=10)
+    # LP-FT: 2 head-only epochs, then the backbone warms up over 10% of its 80 steps (8 of them).
+    assert O.warmup_epochs(plan, steps_per_epoch=10, epochs=10) == 3
+    scratch = cases.plan_for_case("large-different", pretrained=False, epochs=20)
+    assert O.warmup_epochs(scratch, steps_per_epoch=3, epochs=20) == 2  # 6 of 60 steps
 
 
 def test_auto_decision_prints_thresholds_and_reasons():
@@ -75,10 +87,10 @@ def test_auto_decision_prints_thresholds_and_reasons():
 
 
 def test_lp_ft_backbone_waits_for_the_head_warmup():
-    plan = cases.plan_for_case("large-similar", head_lr=1.0, pretrained=True, epochs=5)
+    plan = cases.plan_for_case("large-similar", lr=1.0, pretrained=True, epochs=5)
     model = new_vgg16(3)
-    optimizer = T.build_optimizer(model, plan, weight_decay=0.0)
-    scheduler = T.build_scheduler(optimizer, plan, steps_per_epoch=10, epochs=5)
+    optimizer = O.build_optimizer(model, plan, weight_decay=0.0)
+    scheduler = O.build_scheduler(optimizer, plan, steps_per_epoch=10, epochs=5)
     backbone = [g for g in optimizer.param_groups if g["layer_group"] == "conv1"][0]
     head = [g for g in optimizer.param_groups if g["layer_group"] == "fc8"][0]
     assert backbone["lr"] == 0.0 and head["lr"] > 0.0

@@ -5,6 +5,7 @@ Runs in one process, or under torchrun with one process per device (rank 0 alone
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -14,16 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from vgg_deploy import cases, runfolder
-from vgg_deploy import train as T
+from vgg_deploy import runfolder
 from vgg_deploy.console import console
 from vgg_deploy.data import Split, build_split, class_weights
-from vgg_deploy.distributed import Distributed, from_environment, shutdown
 from vgg_deploy.errors import RunFolderError, VggDeployError
 from vgg_deploy.fileio import check_writable_dir, read_json, write_json
-from vgg_deploy.model import pretrained_vgg16, replace_head
+from vgg_deploy.finetune import cases
+from vgg_deploy.finetune import devices as D
+from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune.distributed import Distributed, from_environment, shutdown
+from vgg_deploy.finetune.loop import TrainingLoop
+from vgg_deploy.model import new_vgg16, pretrained_vgg16, replace_head
 from vgg_deploy.preprocessing import Preprocessing
-from vgg_deploy.training_loop import TrainingLoop
 
 
 @dataclass
@@ -35,9 +38,11 @@ class FinetuneConfig:
     image_size: int = 224
     epochs: int = 10
     batch_size: int = 32  # global: split across ranks under torchrun
-    lr: float | None = None  # head learning rate; None picks 1e-3 (pretrained) or 3e-4 (from scratch)
-    weight_decay: float = 1e-4
+    lr: float | None = None  # head rate with pretrained weights (1e-3), conv rate from scratch (1e-4)
+    weight_decay: float = 0.05  # AdamW's decoupled decay: shrinks weights by lr x this per step
     val_split: float = 0.2
+    test_split: float = 0.2
+    small_max_per_class: int = cases.SMALL_MAX_IMAGES_PER_CLASS  # --case auto: "small" below this many per class
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -76,8 +81,8 @@ def _prepare_run_folder(config: FinetuneConfig, resume: bool) -> Path:
 def _make_split(config: FinetuneConfig, out: Path, resume: bool) -> Split:
     if resume:
         return Split.from_dict(read_json(out / runfolder.SPLIT_JSON))
-    return build_split(Path(config.data), val_fraction=config.val_split, seed=config.seed,
-                       skip_bad_images=config.skip_bad_images)
+    return build_split(Path(config.data), val_fraction=config.val_split, test_fraction=config.test_split,
+                       seed=config.seed, skip_bad_images=config.skip_bad_images)
 
 
 def _write_run_start(config: FinetuneConfig, out: Path, split: Split) -> None:
@@ -109,10 +114,10 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         raise VggDeployError(f"--case must be auto or one of {', '.join(cases.CASES)} (got {config.case!r})")
     if config.batch_size % dist.world_size:
         raise VggDeployError(f"--batch-size {config.batch_size} (global) must divide by the {dist.world_size} processes")
-    device = T.resolve_device(config.device)
+    device = D.resolve_device(config.device)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    precision = T.resolve_precision(config.precision, device)
+    precision = D.resolve_precision(config.precision, device)
     try:
         preprocessing = Preprocessing.for_image_size(config.image_size)
     except ValueError as err:
@@ -123,7 +128,8 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     split = dist.on_main(lambda: _make_split(config, out, resume))
     train_counts = split.class_counts(split.train)
     console.print(
-        f"data: {len(split.class_names)} classes, {len(split.train)} train / {len(split.val)} val images "
+        f"data: {len(split.class_names)} classes, {len(split.train)} train / {len(split.val)} val / "
+        f"{len(split.test)} test images "
         f"({split.source} split)" + (f", {len(split.skipped)} bad image(s) skipped" if split.skipped else "")
     )
 
@@ -134,20 +140,26 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     if not resume:
         dist.on_main(lambda: _write_run_start(config, out, split))
     pretrained = weights_info["pretrained"]
-    train_items, val_items = split.absolute(split.train), split.absolute(split.val)
+    train_items, val_items, test_items = (split.absolute(part) for part in (split.train, split.val, split.test))
     decision = dist.on_main(lambda: _decide(config, model, weights_info, train_items, train_counts, preprocessing, device))
     for reason in decision.reasons:
         console.print(reason)
 
-    head_lr = config.lr if config.lr is not None else (1e-3 if pretrained else 3e-4)
-    plan = cases.plan_for_case(decision.case, head_lr=head_lr, pretrained=pretrained, epochs=config.epochs)
+    plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained=pretrained, epochs=config.epochs)
+    if not pretrained and not plan.frozen:
+        # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
+        # BatchNorm twin learns, and each BatchNorm folds exactly into its conv when saved, so
+        # model.safetensors is still a plain torchvision VGG16.
+        torch.manual_seed(config.seed)
+        model = new_vgg16(1000, batch_norm=True)
+        plan = dataclasses.replace(plan, batch_norm_folded=True)
     console.print("plan:\n  " + "\n  ".join(plan.describe()))
 
     replace_head(model, len(split.class_names), seed=config.seed)
     model.to(device)
     channels_last = True  # VGG is all convolutions and GEMMs; channels-last helps oneDNN and cuDNN alike
     model.to(memory_format=torch.channels_last)
-    T.apply_freeze(model, plan)
+    O.apply_freeze(model, plan)
 
     weights = class_weights(train_counts).to(device)
     imbalance = max(train_counts) / max(1, min(train_counts))
@@ -167,14 +179,14 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
                      "class_weights": [round(float(w), 4) for w in weights], "class_counts_train": train_counts,
                      "imbalance_ratio": round(imbalance, 3)},
         "data": {"root": split.root, "split_source": split.source, "train_images": len(split.train),
-                 "val_images": len(split.val), "skipped_images": len(split.skipped)},
+                 "val_images": len(split.val), "test_images": len(split.test), "skipped_images": len(split.skipped)},
         "versions": _versions(),
     }
     loop = TrainingLoop(
         model=model, plan=plan, config=config, out=out, device=device, precision=precision,
         channels_last=channels_last, loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
         workers=workers, preprocessing=preprocessing, train_items=train_items, val_items=val_items,
-        base_info=base_info, dist=dist,
+        test_items=test_items, base_info=base_info, dist=dist,
     )
     return loop.run(resume=resume)
 
@@ -184,14 +196,15 @@ def _decide(config, model, weights_info, train_items, train_counts, preprocessin
     if config.case == "auto":
         similarity = None
         if pretrained:
-            from vgg_deploy.similarity import estimate_similarity
+            from vgg_deploy.finetune.similarity import estimate_similarity
 
             similarity = estimate_similarity(
                 model, train_items, transform=preprocessing.eval_transform(), device=device,
                 imagenet_head=weights_info["imagenet_head"], seed=config.seed,
             )
-        return cases.decide_case(train_counts=train_counts, pretrained=pretrained, similarity=similarity)
-    size, size_reason = cases.decide_size(train_counts)
+        return cases.decide_case(train_counts=train_counts, pretrained=pretrained, similarity=similarity,
+                                 small_max=config.small_max_per_class)
+    size, size_reason = cases.decide_size(train_counts, small_max=config.small_max_per_class)
     reasons = [f"case chosen by --case {config.case}", size_reason]
     if not pretrained:
         reasons.append("warning: --weights none, so the 'pretrained' layers are random")

@@ -1,4 +1,7 @@
-"""Epochs, validation, checkpoints and resume for one finetune run; DDP-aware (rank 0 alone writes)."""
+"""Epochs, validation, checkpoints and resume for one finetune run; DDP-aware (rank 0 alone writes).
+
+val chooses the kept checkpoint and early stopping; the test split is evaluated once, on the kept
+checkpoint, and only reported."""
 
 from __future__ import annotations
 
@@ -11,21 +14,18 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from vgg_deploy import runfolder
-from vgg_deploy import train as T
 from vgg_deploy.console import console, progress_bar
 from vgg_deploy.data import ImageDataset
-from vgg_deploy.distributed import Distributed
-from vgg_deploy.fileio import atomic_path, read_json, write_json
-from vgg_deploy.model import HEAD, group_parameters
+from vgg_deploy.fileio import atomic_path, read_json
+from vgg_deploy.finetune import epoch as E
+from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune.distributed import Distributed
+from vgg_deploy.finetune.probe import Standardiser, extract_codes
+from vgg_deploy.model import HEAD, fold_batch_norm, group_parameters, has_batch_norm
 
 
 def _eval_loader(items, transform, *, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
-
-
-def _param_names(model: nn.Module, group: str) -> set[str]:
-    ids = {id(p) for p in group_parameters(model, group)}
-    return {name for name, p in model.named_parameters() if id(p) in ids}
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -35,12 +35,12 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 class TrainingLoop:
     def __init__(self, *, model, plan, config, out: Path, device, precision, channels_last, loss_fn, eval_loss_fn,
-                 workers, preprocessing, train_items, val_items, base_info, dist: Distributed):
+                 workers, preprocessing, train_items, val_items, test_items, base_info, dist: Distributed):
         self.model, self.plan, self.config, self.out = model, plan, config, out
         self.device, self.precision, self.channels_last = device, precision, channels_last
         self.loss_fn, self.eval_loss_fn, self.workers = loss_fn, eval_loss_fn, workers
-        self.preprocessing, self.train_items, self.val_items = preprocessing, train_items, val_items
-        self.base_info, self.dist = base_info, dist
+        self.preprocessing, self.base_info, self.dist = preprocessing, base_info, dist
+        self.train_items, self.val_items, self.test_items = train_items, val_items, test_items
         self.per_rank_batch = config.batch_size // dist.world_size
         self.history: list[dict] = []
         self.best = {"top1": -1.0, "loss": float("inf"), "epoch": 0}
@@ -48,64 +48,58 @@ class TrainingLoop:
         self.start_epoch = 0
         self.cache_seconds = 0.0  # feature extraction, charged to the first epoch run
         self.train_sampler: DistributedSampler | None = None
+        self.shuffle_generator = torch.Generator()
+        self.standardiser: Standardiser | None = None
 
     # -- batches ---------------------------------------------------------------------------------
-    def _sampler(self, dataset):
-        """Each rank a disjoint shard; the tail that does not divide evenly rotates out by epoch."""
-        if not self.dist.enabled:
-            return None
-        self.train_sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                                shuffle=True, seed=self.config.seed, drop_last=True)
-        return self.train_sampler
+    def _train_loader(self, dataset, *, workers: int = 0) -> DataLoader:
+        """Each rank a disjoint shard; the tail that does not divide evenly rotates out by epoch. The
+        order is a function of (seed, epoch) alone, so a resumed run sees the batches an unbroken one would."""
+        sampler = None
+        if self.dist.enabled:
+            sampler = self.train_sampler = DistributedSampler(
+                dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
+                seed=self.config.seed, drop_last=True)
+        return DataLoader(dataset, batch_size=self.per_rank_batch, sampler=sampler, shuffle=sampler is None,
+                          num_workers=workers, generator=self.shuffle_generator)
 
     def _image_loaders(self):
-        pp, c, dist = self.preprocessing, self.config, self.dist
-        train_set = ImageDataset(self.train_items, pp.train_transform())
-        train = DataLoader(train_set, batch_size=self.per_rank_batch, sampler=self._sampler(train_set),
-                           shuffle=not dist.enabled, num_workers=self.workers,
-                           generator=torch.Generator().manual_seed(c.seed))
+        pp, dist = self.preprocessing, self.dist
+        train = self._train_loader(ImageDataset(self.train_items, pp.train_transform()), workers=self.workers)
         val = _eval_loader(self.val_items[dist.rank :: dist.world_size], pp.eval_transform(),
                            batch_size=self.per_rank_batch, workers=self.workers)
         return train, val
 
     def _cached_loaders(self):
-        """small-similar: conv1..fc7 are frozen and deterministic, so they run once; epochs then cost only fc8.
-        Under torchrun each rank extracts its own shard; the codes are then shared."""
+        """small-similar: conv1..fc7 run once; epochs then cost only fc8. Under torchrun each rank extracts
+        its own shard; the codes are then shared."""
         started = time.perf_counter()
-        c, dist = self.config, self.dist
-        kw = dict(device=self.device, precision=self.precision, channels_last=self.channels_last)
-        eval_t = self.preprocessing.eval_transform()
+        dist, eval_t = self.dist, self.preprocessing.eval_transform()
 
         def codes_of(items):
             shard = items[dist.rank :: dist.world_size]
-            return T.extract_fc7(self.model, _eval_loader(shard, eval_t, batch_size=self.per_rank_batch,
-                                                          workers=self.workers), **kw)
+            loader = _eval_loader(shard, eval_t, batch_size=self.per_rank_batch, workers=self.workers)
+            return extract_codes(self.model, loader, device=self.device, channels_last=self.channels_last)
 
         local_train, val_codes = codes_of(self.train_items), codes_of(self.val_items)
         train_codes = (dist.all_gather_tensor(local_train[0]), dist.all_gather_tensor(local_train[1]))
-        codes = train_codes[0]
-        std = codes.std(dim=0)
-        # Standardise so the probe trains well whatever the codes' scale; folded back into fc8 on save.
-        # Codes (near-)constant on the training set carry nothing to learn from; leave their scale alone.
-        self.code_mean = codes.mean(dim=0)
-        self.code_std = torch.where(std > 1e-3 * std.max(), std, torch.ones_like(std))
-
-        def standardise(x):
-            return (x - self.code_mean) / self.code_std
-
-        train_set = TensorDataset(standardise(train_codes[0]), train_codes[1])
-        train = DataLoader(train_set, batch_size=self.per_rank_batch, sampler=self._sampler(train_set),
-                           shuffle=not dist.enabled, generator=torch.Generator().manual_seed(c.seed))
-        val = DataLoader(TensorDataset(standardise(val_codes[0]), val_codes[1]), batch_size=max(c.batch_size, 256))
+        # Standardised so the probe trains well whatever the codes' scale; folded back into fc8 on save.
+        self.standardiser = standardise = Standardiser.fit(train_codes[0])
+        train = self._train_loader(TensorDataset(standardise(train_codes[0]), train_codes[1]))
+        val = DataLoader(TensorDataset(standardise(val_codes[0]), val_codes[1]),
+                         batch_size=max(self.config.batch_size, 256))
         self.cache_seconds = time.perf_counter() - started
-        console.print(f"cached fc7 codes of {len(codes)} train + {len(self.val_items)} val images "
+        console.print(f"cached FP32 fc7 codes of {len(train_codes[0])} train + {len(self.val_items)} val images "
                       f"in {self.cache_seconds:.1f}s")
         return train, val
 
     # -- checkpoints (rank 0) --------------------------------------------------------------------
     def _trained_state(self) -> dict:
-        trained = {n for g in self.plan.trained for n in _param_names(self.model, g)}
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items() if k in trained}
+        """Trained parameters and every buffer (BatchNorm's running statistics train too)."""
+        trained = {id(p) for g in self.plan.trained for p in group_parameters(self.model, g)}
+        names = {n for n, p in self.model.named_parameters() if id(p) in trained}
+        names |= {n for n, _ in self.model.named_buffers()}
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items() if k in names}
 
     def _save_resume(self, epoch: int, optimizer, scheduler) -> None:
         state = {"epoch": epoch, "model": self._trained_state(), "optimizer": optimizer.state_dict(),
@@ -124,24 +118,22 @@ class TrainingLoop:
         torch.random.set_rng_state(state["torch_rng"])
         console.print(f"resumed after epoch {self.start_epoch} (best val top-1 {self.best['top1']:.3f})")
 
-    def _save_best(self, val: T.EpochStats, epoch: int) -> None:
-        overrides = {}
-        if self.plan.cache_features:
-            head = self.model.classifier[6]
-            weight = head.weight.detach() / self.code_std.to(head.weight.device)
-            overrides = {"classifier.6.weight": weight,
-                         "classifier.6.bias": head.bias.detach() - weight @ self.code_mean.to(weight.device)}
-        runfolder.save_weights(self.model, self.out / runfolder.WEIGHTS, overrides=overrides)
+    def _save_best(self, val: E.EpochStats, epoch: int) -> None:
+        """model.safetensors is always a plain torchvision VGG16: BatchNorm folded into the convs, the probe's
+        standardisation folded into fc8 (the model being trained is left as it is)."""
+        model = fold_batch_norm(self.model) if has_batch_norm(self.model) else self.model
+        overrides = self.standardiser.fold(self.model.classifier[6]) if self.standardiser is not None else None
+        runfolder.save_weights(model, self.out / runfolder.WEIGHTS, overrides=overrides)
         info = dict(self.base_info)
         info["metrics"] = {"val": {"top1": val.top1, "top5": val.top5, "loss": val.loss}, "epoch": epoch}
         runfolder.write_model_json(self.out, info)
 
-    def _global(self, stats: T.EpochStats) -> T.EpochStats:
+    def _global(self, stats: E.EpochStats) -> E.EpochStats:
         """Metrics over every rank's images, not rank 0's shard."""
         n, loss, top1, top5 = self.dist.sum([stats.images, stats.loss * stats.images, stats.top1 * stats.images,
                                              stats.top5 * stats.images])
         n = max(n, 1)
-        return T.EpochStats(loss / n, top1 / n, top5 / n, int(n), stats.seconds)
+        return E.EpochStats(loss / n, top1 / n, top5 / n, int(n), stats.seconds)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, *, resume: bool) -> dict:
@@ -153,14 +145,15 @@ class TrainingLoop:
         else:
             train_batches, val_batches = self._image_loaders()
             target = model
-            set_mode, channels_last = (lambda: T.set_train_mode(model, plan)), self.channels_last
+            set_mode, channels_last = (lambda: O.set_train_mode(model, plan)), self.channels_last
         forward = target
         if dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             forward = nn.parallel.DistributedDataParallel(target, device_ids=device_ids)
         steps_per_epoch = len(train_batches)
-        optimizer = T.build_optimizer(model, plan, weight_decay=c.weight_decay)
-        scheduler = T.build_scheduler(optimizer, plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
+        optimizer = O.build_optimizer(model, plan, weight_decay=c.weight_decay)
+        scheduler = O.build_scheduler(optimizer, plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
+        patience_from = O.warmup_epochs(plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
         scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         if resume:
             self._load_resume(optimizer, scheduler)
@@ -175,6 +168,7 @@ class TrainingLoop:
                 for g in plan.trained:
                     for p in group_parameters(model, g):
                         p.requires_grad_(g == HEAD or not in_head_warmup)
+            self.shuffle_generator.manual_seed(c.seed * 100_003 + epoch)
             if self.train_sampler is not None:
                 self.train_sampler.set_epoch(epoch)
                 if not shards:
@@ -186,10 +180,10 @@ class TrainingLoop:
                 def on_step(n, loss, acc):
                     bar.update(task, advance=n, metrics=f"loss {loss:.3f} acc {acc:.3f}")
 
-                train_stats = self._global(T.run_epoch(forward, train_batches, optimizer=optimizer, scheduler=scheduler,
+                train_stats = self._global(E.run_epoch(forward, train_batches, optimizer=optimizer, scheduler=scheduler,
                                                        scaler=scaler, on_step=on_step, **common))
             model.eval()
-            val_stats = self._global(T.run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
+            val_stats = self._global(E.run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
             improved = (val_stats.top1, -val_stats.loss) > (self.best["top1"], -self.best["loss"])
             record = {"epoch": epoch, "train_loss": train_stats.loss, "train_top1": train_stats.top1,
                       "val_loss": val_stats.loss, "val_top1": val_stats.top1, "val_top5": val_stats.top5,
@@ -214,13 +208,23 @@ class TrainingLoop:
                 if improved:
                     self._save_best(val_stats, epoch)
                 self._save_resume(epoch, optimizer, scheduler)
-            if self.stale_epochs >= c.patience and not in_head_warmup:
+            if self.stale_epochs >= c.patience and epoch > patience_from:
                 console.print(f"early stop: no val top-1 gain for {c.patience} epochs")
                 break
         return self._finish(shards)
 
+    def _test_metrics(self) -> dict:
+        """The kept checkpoint, as saved (plain VGG16, FP32), on the test split: reported, never used to decide."""
+        kept = runfolder.load_weights(self.out / runfolder.WEIGHTS, num_classes=self.model.classifier[6].out_features)
+        loader = _eval_loader(self.test_items, self.preprocessing.eval_transform(), batch_size=self.per_rank_batch,
+                              workers=self.workers)
+        stats = E.run_epoch(kept.to(self.device), loader, loss_fn=self.eval_loss_fn, device=self.device,
+                            precision="fp32", channels_last=False)
+        return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss, "images": stats.images}
+
     def _finish(self, shards: list) -> dict:
         def write():
+            from vgg_deploy.fileio import write_json
             from vgg_deploy.plots import plot_learning_curves
 
             if self.dist.enabled:
@@ -229,13 +233,20 @@ class TrainingLoop:
                     "per_rank_batch_size": self.per_rank_batch,
                     "epoch1_train_indices": [{"rank": r, "indices": list(map(int, s))} for r, s in enumerate(shards)],
                 })
+            info = read_json(self.out / runfolder.MODEL_JSON)
+            if self.test_items and "test" not in info["metrics"]:
+                info["metrics"]["test"] = self._test_metrics()
+                runfolder.write_model_json(self.out, info)
             plot_learning_curves(self.history, self.out / runfolder.CURVES_PNG)
             (self.out / runfolder.RESUME_STATE).unlink(missing_ok=True)
-            return read_json(self.out / runfolder.MODEL_JSON)
+            return info
 
         info = self.dist.on_main(write)
+        test = info["metrics"].get("test")
         console.print(
             f"kept epoch {self.best['epoch']}: val top-1 {info['metrics']['val']['top1']:.3f}, "
-            f"top-5 {info['metrics']['val']['top5']:.3f} -> {self.out / runfolder.WEIGHTS}"
+            f"top-5 {info['metrics']['val']['top5']:.3f}"
+            + (f"; test top-1 {test['top1']:.3f} on {test['images']} images (reported only)" if test else "")
+            + f" -> {self.out / runfolder.WEIGHTS}"
         )
         return info

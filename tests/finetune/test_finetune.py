@@ -3,12 +3,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from vgg_deploy import runfolder
 from vgg_deploy.errors import RunFolderError
 from vgg_deploy.finetune import FinetuneConfig, finetune
-from vgg_deploy.training_loop import TrainingLoop as _TrainingLoop
+from vgg_deploy.finetune.loop import TrainingLoop as _TrainingLoop
 
 
 def test_end_to_end_beats_chance_by_a_wide_margin(trained_run):
@@ -26,11 +27,14 @@ def test_run_folder_contract(trained_run):
     assert info["plan"]["trained"] == ["fc8"] and "conv1" in info["plan"]["frozen"]
     assert info["weights"]["source"] == "none"
     assert set(info["metrics"]["val"]) == {"top1", "top5", "loss"}
+    assert info["metrics"]["test"]["images"] == 72 and info["data"]["test_images"] == 72
     assert {"torch", "torchvision"} <= set(info["versions"])
     state = load_file(str(trained_run / "model.safetensors"))
     assert state["classifier.6.weight"].shape == (6, 4096)
     split = json.loads((trained_run / "split.json").read_text())
-    assert len(split["train"]) == 288 and len(split["val"]) == 72
+    assert len(split["train"]) == 216 and len(split["val"]) == 72 and len(split["test"]) == 72
+    parts = [{p for p, _ in split[name]} for name in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     epochs = [json.loads(line) for line in (trained_run / "epochs.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
     assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -39,20 +43,28 @@ def test_run_folder_contract(trained_run):
     assert config["case"] == "small-similar" and config["image_size"] == 64
 
 
-def test_cached_features_make_later_epochs_cheap(trained_run):
-    epochs = [json.loads(line) for line in (trained_run / "epochs.jsonl").read_text().splitlines()]
-    later = sum(e["seconds"] for e in epochs[1:]) / (len(epochs) - 1)
-    assert epochs[0]["seconds"] > 10 * later
+def test_the_probe_runs_the_frozen_network_once_per_image(tiny_data, tmp_path, monkeypatch):
+    """small-similar caches fc7 codes: over 3 epochs conv1..conv5 see each train and val image exactly once
+    (and the test images once more, for the kept checkpoint's reported figures)."""
+    images = []
+    original = torch.nn.Sequential.forward
 
+    def counting(self, x):
+        if len(self) == 31:  # VGG16's `features`: conv1..conv5
+            images.append(x.shape[0])
+        return original(self, x)
 
-def test_an_existing_run_is_never_overwritten(trained_run, tmp_path):
-    with pytest.raises(RunFolderError, match="already holds a run"):
-        finetune(FinetuneConfig(data="unused", out=str(trained_run)))
+    monkeypatch.setattr(torch.nn.Sequential, "forward", counting)
+    info = finetune(_config(tiny_data, tmp_path / "run", case="small-similar", epochs=3))
+    data = info["data"]
+    assert sum(images) == data["train_images"] + data["val_images"] + data["test_images"]
 
 
 def _config(data, out, **kw):
-    defaults = dict(data=str(data), out=str(out), case="small-similar", weights="none", image_size=32, epochs=4,
-                    batch_size=8, workers=0)
+    # From scratch, every layer: the BatchNorm recipe, its running statistics and the augmentation's
+    # randomness all have to survive an interruption.
+    defaults = dict(data=str(data), out=str(out), case="large-different", weights="none", image_size=32, epochs=4,
+                    batch_size=8, workers=0, precision="fp32")
     return FinetuneConfig(**{**defaults, **kw})
 
 
@@ -75,8 +87,13 @@ def test_resume_continues_from_the_last_finished_epoch(tiny_data, tmp_path, monk
     info = finetune(_config(tiny_data, out), resume=True)
     epochs = [json.loads(line)["epoch"] for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
-    assert info["metrics"]["epoch"] in (1, 2, 3, 4)
     assert not (out / "resume.pt").exists()
+    # The same run without the interruption ends with the same weights and the same kept epoch.
+    unbroken = finetune(_config(tiny_data, tmp_path / "unbroken"))
+    assert info["metrics"] == unbroken["metrics"]
+    resumed, straight = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "unbroken" / "model.safetensors"))
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
     with pytest.raises(RunFolderError, match="already finished"):
         finetune(_config(tiny_data, out), resume=True)
 

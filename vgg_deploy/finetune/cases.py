@@ -21,8 +21,19 @@ SMALL_MAX_IMAGES_PER_CLASS = 1000
 # within this margin (k-NN accuracy, leave-one-out): ImageNet's top features then still fit.
 SIMILARITY_MARGIN = 0.02
 
-# Learning-rate factor of pretrained layers relative to the new head.
-PRETRAINED_LR_FACTOR = {"small-different": 0.1, "large-similar": 0.1, "large-different": 0.5}
+# The recipe is AdamW with a rate per layer group (measured in benchmarks/README.md, "From scratch" and
+# "The four cases"). `--lr` is the new head's rate when layers keep their features (pretrained, or
+# frozen), and the conv layers' rate when every layer trains from scratch.
+DEFAULT_HEAD_LR = 1e-3
+DEFAULT_SCRATCH_LR = 1e-4
+# Pretrained conv layers relative to the new head: low enough not to wipe what they learned
+# (Adam on a VGG without BatchNorm wants about 1e-5..1e-4 there).
+PRETRAINED_LR_FACTOR = {"small-different": 0.1, "large-similar": 0.01, "large-different": 0.1}
+# fc6/fc7 (and, from scratch, fc8) relative to the conv layers. Their fan-ins (25088, 4096) of positive,
+# post-ReLU inputs make one Adam step move every output unit together by about lr x fan-in x mean input,
+# so at the conv layers' rate they blow the logits up (measured: loss spikes to 3.4 at 1e-4, none at 1e-5).
+FC_LR_FACTOR = 0.1
+FC_HIDDEN = ("fc6", "fc7")
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class FreezePlan:
     head_warmup_epochs: int  # LP-FT: epochs in which only the head trains
     cache_features: bool  # everything below the head is frozen: run it once, cache its outputs
     from_scratch: bool
+    batch_norm_folded: bool = False  # trained as VGG16-BN, saved with each BatchNorm folded into its conv
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,11 +60,13 @@ class FreezePlan:
         if self.head_warmup_epochs:
             lines.append(f"head-only warm-up (LP-FT): {self.head_warmup_epochs} epoch(s)")
         if self.cache_features:
-            lines.append("frozen part runs once; its fc7 outputs are cached")
+            lines.append("frozen part runs once; its FP32 fc7 outputs are cached")
+        if self.batch_norm_folded:
+            lines.append("trained as VGG16-BN; each BatchNorm is folded into its conv when saved")
         return lines
 
 
-def plan_for_case(case: str, *, head_lr: float, pretrained: bool, epochs: int) -> FreezePlan:
+def plan_for_case(case: str, *, lr: float | None = None, pretrained: bool, epochs: int) -> FreezePlan:
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     if case == "small-similar":
@@ -62,15 +76,21 @@ def plan_for_case(case: str, *, head_lr: float, pretrained: bool, epochs: int) -
     else:
         frozen = ()
     trained = tuple(g for g in GROUP_NAMES if g not in frozen)
-    factor = PRETRAINED_LR_FACTOR.get(case, 1.0) if pretrained else 1.0
-    lr = {g: head_lr if g == HEAD else head_lr * factor for g in trained}
+    if pretrained or frozen:
+        # A new head on layers that keep (pretrained or, with --weights none, random) features.
+        head = lr if lr is not None else DEFAULT_HEAD_LR
+        conv = head * PRETRAINED_LR_FACTOR.get(case, 1.0)
+    else:
+        conv = lr if lr is not None else DEFAULT_SCRATCH_LR
+        head = conv * FC_LR_FACTOR
+    rates = {g: head if g == HEAD else conv * FC_LR_FACTOR if g in FC_HIDDEN else conv for g in trained}
     warmup = max(1, round(0.2 * epochs)) if case == "large-similar" and pretrained and epochs > 1 else 0
     return FreezePlan(
         case=case,
         frozen=frozen,
         trained=trained,
         reinitialised=(HEAD,),
-        lr=lr,
+        lr=rates,
         head_warmup_epochs=warmup,
         cache_features=case == "small-similar",
         from_scratch=not pretrained,
@@ -89,11 +109,11 @@ class CaseDecision:
         return asdict(self)
 
 
-def decide_size(train_counts: list[int]) -> tuple[str, str]:
+def decide_size(train_counts: list[int], *, small_max: int = SMALL_MAX_IMAGES_PER_CLASS) -> tuple[str, str]:
     per_class = sum(train_counts) / len(train_counts)
-    size = "small" if per_class < SMALL_MAX_IMAGES_PER_CLASS else "large"
+    size = "small" if per_class < small_max else "large"
     sign = "<" if size == "small" else ">="
-    return size, f"size: {size} ({per_class:.0f} training images per class {sign} {SMALL_MAX_IMAGES_PER_CLASS})"
+    return size, f"size: {size} ({per_class:.0f} training images per class {sign} {small_max})"
 
 
 def decide_similarity(early_knn: float, fc7_knn: float) -> tuple[str, str]:
@@ -106,9 +126,10 @@ def decide_similarity(early_knn: float, fc7_knn: float) -> tuple[str, str]:
     )
 
 
-def decide_case(*, train_counts: list[int], pretrained: bool, similarity: dict | None) -> CaseDecision:
+def decide_case(*, train_counts: list[int], pretrained: bool, similarity: dict | None,
+                small_max: int = SMALL_MAX_IMAGES_PER_CLASS) -> CaseDecision:
     """`similarity` holds k-NN accuracies from `similarity.estimate_similarity` (None without pretrained weights)."""
-    size, size_reason = decide_size(train_counts)
+    size, size_reason = decide_size(train_counts, small_max=small_max)
     if not pretrained:
         return CaseDecision(
             case="large-different",

@@ -1,0 +1,35 @@
+"""Transfer from another run: `--weights RUN` takes its body, drops its head, decides the case from its
+features, and records where the weights came from.
+
+Whether transfer beats training from scratch, and how far from-scratch training gets against a plain
+SGD loop, is measured in benchmarks/ (transfer_cases.py, scratch_vs_plain.py): on two cores VGG16 from
+scratch needs more epochs than the suite can spend before such a comparison means anything."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import SCRATCH_EPOCHS, SMALL_IMAGE_SIZE
+from vgg_deploy.fileio import sha256_file
+from vgg_deploy.finetune import FinetuneConfig, finetune
+
+
+def test_transfer_from_a_source_run(scratch_run, small_target, tmp_path):
+    from safetensors.torch import load_file
+
+    info = finetune(FinetuneConfig(data=str(small_target), out=str(tmp_path / "transfer"), weights=str(scratch_run),
+                                   case="auto", image_size=SMALL_IMAGE_SIZE, epochs=SCRATCH_EPOCHS, batch_size=8,
+                                   workers=0))
+    source = info["weights"]["source_run"]
+    assert source["path"] == str(scratch_run.resolve()) and source["class_names"] == ["circle", "square", "triangle"]
+    assert info["weights"]["sha256"] == sha256_file(scratch_run / "model.safetensors")
+    # auto judged the target against the source's own features, and chose a small case (24 train images).
+    evidence = info["case_decision"]["evidence"]
+    assert {"early_knn_top1", "fc7_knn_top1"} <= set(evidence) and info["case"].startswith("small-")
+    assert info["metrics"]["test"]["images"] == 80 and info["class_names"] == ["pentagon", "star"]
+    target, source_state = load_file(str(tmp_path / "transfer" / "model.safetensors")), load_file(
+        str(scratch_run / "model.safetensors"))
+    assert target["classifier.6.weight"].shape == (2, 4096) and source_state["classifier.6.weight"].shape == (3, 4096)
+    # Frozen layers arrive exactly as the source trained them.
+    frozen_key = "features.0.weight"
+    assert torch.equal(target[frozen_key], source_state[frozen_key])
