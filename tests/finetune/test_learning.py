@@ -17,9 +17,12 @@ from vgg_deploy.finetune import FinetuneConfig, finetune
 def test_transfer_from_a_source_run(scratch_run, small_target, tmp_path):
     from safetensors.torch import load_file
 
-    info = finetune(FinetuneConfig(data=str(small_target), out=str(tmp_path / "transfer"), weights=str(scratch_run),
-                                   case="auto", image_size=SMALL_IMAGE_SIZE, epochs=SCRATCH_EPOCHS, batch_size=8,
-                                   workers=0))
+    common = dict(data=str(small_target), weights=str(scratch_run), image_size=SMALL_IMAGE_SIZE,
+                  epochs=SCRATCH_EPOCHS, batch_size=8, workers=0)
+    info = finetune(FinetuneConfig(out=str(tmp_path / "transfer"), case="auto", **common))
+    # Deciding does not disturb training: auto trains exactly as its pick does when asked for by name.
+    explicit = finetune(FinetuneConfig(out=str(tmp_path / "explicit"), case=info["case"], **common))
+    assert explicit["metrics"] == info["metrics"]
     source = info["weights"]["source_run"]
     assert source["path"] == str(scratch_run.resolve()) and source["class_names"] == ["circle", "square", "triangle"]
     assert info["weights"]["sha256"] == sha256_file(scratch_run / "model.safetensors")

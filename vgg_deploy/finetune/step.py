@@ -145,6 +145,9 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     for reason in decision.reasons:
         console.print(reason)
 
+    # Deciding (the similarity pass's data loader draws from the global RNG) must not change how training
+    # goes: `--case auto` trains exactly as `--case <its pick>` would.
+    _seed_everything(config.seed)
     plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained=pretrained, epochs=config.epochs)
     if not pretrained and not plan.frozen:
         # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
