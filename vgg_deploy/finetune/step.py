@@ -153,7 +153,6 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
         # BatchNorm twin learns, and each BatchNorm folds exactly into its conv when saved, so
         # model.safetensors is still a plain torchvision VGG16.
-        torch.manual_seed(config.seed)
         model = new_vgg16(1000, batch_norm=True)
         plan = dataclasses.replace(plan, batch_norm_folded=True)
     console.print("plan:\n  " + "\n  ".join(plan.describe()))
