@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ TARGETS = {"similar": "more-shapes", "different": "textures"}
 
 
 def run_finetune(data: Path, out: Path, **options) -> dict:
+    if out.exists():
+        shutil.rmtree(out)  # a run folder is never overwritten by finetune itself
     started = time.perf_counter()
     info = finetune(FinetuneConfig(data=str(data), out=str(out), workers=0, **options))
     return {"case": info["case"], "decision": info["case_decision"]["reasons"],
@@ -76,21 +79,12 @@ def main() -> None:
             quadrant = {"target": f"{size}-{similarity}", "family": family, "images_per_class": images,
                         "epochs": epochs, "runs": {}}
             for case in ("auto", *cases.CASES):
-                out = args.out / f"{family}-{size}-{case}"
-                if out.exists():
-                    import shutil
-
-                    shutil.rmtree(out)
-                quadrant["runs"][case] = run_finetune(data, out, weights=str(source_run), case=case, epochs=epochs,
-                                                      **common)
+                quadrant["runs"][case] = run_finetune(data, args.out / f"{family}-{size}-{case}",
+                                                      weights=str(source_run), case=case, epochs=epochs, **common)
                 print(f"{size}-{similarity} {case}: {quadrant['runs'][case]}", flush=True)
             if size == "small":
-                out = args.out / f"{family}-{size}-scratch"
-                if out.exists():
-                    import shutil
-
-                    shutil.rmtree(out)
-                quadrant["runs"]["scratch"] = run_finetune(data, out, weights="none", epochs=epochs, **common)
+                quadrant["runs"]["scratch"] = run_finetune(data, args.out / f"{family}-{size}-scratch", weights="none",
+                                                           epochs=epochs, **common)
             best = max(cases.CASES, key=lambda c: quadrant["runs"][c]["test_top1"])
             auto = quadrant["runs"]["auto"]
             quadrant["best_case"] = best
