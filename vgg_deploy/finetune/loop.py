@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from vgg_deploy import runfolder
 from vgg_deploy.console import console, progress_bar
 from vgg_deploy.data import ImageDataset
-from vgg_deploy.fileio import atomic_path, read_json
+from vgg_deploy.fileio import atomic_path, read_json, write_json
 from vgg_deploy.finetune import epoch as E
 from vgg_deploy.finetune import optimization as O
 from vgg_deploy.finetune.distributed import Distributed
@@ -224,7 +224,6 @@ class TrainingLoop:
 
     def _finish(self, shards: list) -> dict:
         def write():
-            from vgg_deploy.fileio import write_json
             from vgg_deploy.plots import plot_learning_curves
 
             if self.dist.enabled:
