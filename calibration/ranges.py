@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 from onnxruntime.quantization.calibrate import (
     CalibrationMethod,
     TensorsData,
@@ -28,8 +29,17 @@ METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "percentile": CalibrationMethod.Percentile,
 }
-# Symmetric ranges: TensorRT takes only zero-point-0 int8 Q/DQ.
-_CALIBRATOR_OPTIONS = {"symmetric": True}
+# Each method's calibrator settings. Symmetric everywhere: TensorRT takes only zero-point-0 int8 Q/DQ.
+# entropy: onnxruntime's defaults (128 bins, 128 quantized bins) leave its KL search a single candidate
+# threshold, the maximum, which is min-max under another name. 2048 bins over [-max, max] with 255 quantized
+# bins (int8's -127..127) search 898 thresholds from 1/8 of the maximum up, as TensorRT's entropy
+# calibrator does (2048 bins over |x|, 128 quantized bins per side).
+# percentile: the threshold is where |x|'s histogram reaches the percentile (within one of 2048 bins).
+METHOD_OPTIONS: dict[str, dict] = {
+    "entropy": {"symmetric": True, "num_bins": 2048, "num_quantized_bins": 255},
+    "minmax": {"symmetric": True},
+    "percentile": {"symmetric": True, "num_bins": 2048, "percentile": 99.999},
+}
 # One batch per collect_data call: calibrators hold every intermediate output of a call in memory, and
 # stack them, which fails when the last batch is shorter. Ranges and histograms merge across calls.
 _CHUNK = 1
@@ -44,20 +54,37 @@ def hash_batches(batches: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def resolve_options(method: str, options: dict | None = None) -> dict:
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    return dict(METHOD_OPTIONS[method] if options is None else options)
+
+
 @dataclass(frozen=True)
 class CalibrationKey:
-    """What the ranges depend on. Any difference means recalibrating."""
+    """Everything the ranges depend on. Any difference means recalibrating."""
 
     model_sha256: str
     data_sha256: str
     method: str
+    options: str = ""  # the calibrator's settings, as sorted JSON
+    op_types: str = "all"  # which tensors were calibrated
+    onnxruntime: str = onnxruntime.__version__
+
+    @classmethod
+    def build(cls, model_sha256: str, data_sha256: str, method: str, *, options: dict | None = None,
+              op_types: Sequence[str] | None = None) -> CalibrationKey:
+        return cls(model_sha256, data_sha256, method, json.dumps(resolve_options(method, options), sort_keys=True),
+                   ",".join(sorted(op_types)) if op_types else "all")
 
     def difference(self, other: CalibrationKey) -> str | None:
         for field, label in (("model_sha256", "the FP32 model"), ("data_sha256", "the calibration images"),
-                             ("method", "the calibration method")):
+                             ("method", "the calibration method"), ("options", "the calibrator options"),
+                             ("op_types", "the calibrated op types"), ("onnxruntime", "the onnxruntime version")):
             mine, theirs = getattr(self, field), getattr(other, field)
             if mine != theirs:
-                return f"{label} changed ({theirs[:12]} -> {mine[:12]})"
+                short = (lambda v: v[:12]) if field.endswith("sha256") else (lambda v: v)
+                return f"{label} changed ({short(theirs)} -> {short(mine)})"
         return None
 
 
@@ -78,7 +105,7 @@ class RangeCache:
         except (ValueError, TypeError) as err:
             return False, f"cached range key unreadable ({err})"
         diff = key.difference(stored)
-        return (False, diff) if diff else (True, "model, images and method match the cached ranges")
+        return (False, diff) if diff else (True, "model, images, method, options and onnxruntime match the cached ranges")
 
     def store(self, key: CalibrationKey, ranges: TensorsData) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -106,11 +133,11 @@ def _atomic(path: Path, write) -> None:
 
 def collect_ranges(
     model_path: str | os.PathLike[str], batches: Sequence[np.ndarray], *, input_name: str, method: str,
-    op_types: Sequence[str] | None = None,
+    op_types: Sequence[str] | None = None, options: dict | None = None,
 ) -> TensorsData:
-    """Run the FP32 model over the batches with onnxruntime's calibrator for `method`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    """Run the FP32 model over the batches with onnxruntime's calibrator for `method` (settings from
+    METHOD_OPTIONS unless `options` replaces them; a CalibrationKey built with the same arguments names them)."""
+    options = resolve_options(method, options)
     if not batches:
         raise ValueError("no calibration batches")
     with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
@@ -120,7 +147,7 @@ def collect_ranges(
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=METHODS[method],
             use_external_data_format=True,
-            extra_options=dict(_CALIBRATOR_OPTIONS),
+            extra_options=options,
         )
         # onnxruntime's calibrators print progress to stdout; keep the caller's output clean.
         with contextlib.redirect_stdout(io.StringIO()):

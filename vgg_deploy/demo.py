@@ -69,8 +69,9 @@ def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = TARGET_E
     console.print(f"run -> {run} (case {info['case']}, test top-1 {info['metrics']['test']['top1']:.3f})")
 
     console.rule("4/5 export")
-    # The budget makes the INT8 step keep its most sensitive layers in FP32 if it must (and say which).
-    export(run, ExportOptions(formats=["all"], calib_images=64, max_accuracy_drop=1.0))
+    # No --max-accuracy-drop: on a model this weak a budget can be out of reach, and the demo shows the INT8
+    # report (per-layer SQNR, test agreement) either way.
+    export(run, ExportOptions(formats=["all"], calib_images=64))
     console.print(f"artifacts -> {run / 'export'}")
 
     console.rule("5/5 benchmark")

@@ -66,9 +66,22 @@ def test_int8_is_explicit_symmetric_per_channel_qdq(exported_run):
     assert qdq["int8_only"] and qdq["zero_points_all_zero"]
     assert qdq["per_channel_weight_dequantizers"] == 16  # 13 Conv + 3 Gemm
     assert len(qdq["quantized_nodes"]) == 16 and qdq["float_nodes"] == []
+    assert qdq["quantized_graph_outputs"] == [] and entry["placement"]["target"] == "cpu"
     calib = entry["calibration"]
     assert calib["images"] == 48 and calib["source"].startswith("train")
+    assert calib["method"] == "minmax" and calib["options"] == {"symmetric": True}
     assert (exported_run / "export" / calib["ranges"]).is_file()
+
+
+def test_int8_report_names_every_layer_the_vgg_way(exported_run):
+    entry = {a["name"]: a for a in _manifest(exported_run)["artifacts"]}["onnx-int8"]
+    layers = entry["layers"]
+    assert [layer["layer"] for layer in layers] == [
+        "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3",
+        "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7", "fc8"]
+    assert all(layer["precision"] == "int8" and "sqnr_out_db" in layer for layer in layers)
+    assert layers[0]["macs"] == 64 * 64 * 64 * 3 * 9 and layers[-1]["macs"] == 4096 * 6
+    assert entry["kept_out_of_int8"] == [] and entry["fallback_steps"] == []
 
 
 def test_int8_accuracy_is_reported_on_test_and_decided_on_val(exported_run):
@@ -79,7 +92,10 @@ def test_int8_accuracy_is_reported_on_test_and_decided_on_val(exported_run):
 
     entry = {a["name"]: a for a in _manifest(exported_run)["artifacts"]}["onnx-int8"]
     acc, decision = entry["accuracy"], entry["decision"]
-    assert acc["split"] == "test" and decision["split"] == "val"
+    assert acc["split"] == "test"
+    # 72 val images are fewer than the decisions need: topped up with training images calibration skipped.
+    assert (decision["val"], decision["train_not_calibrated"], decision["images"]) == (72, 128, 200)
+    assert decision["disagreement_points"] == pytest.approx(100 * (1 - decision["top1_agreement"]))
     run = open_run(exported_run)
     split = run.split()
     batches, labels = load_batches(split.absolute(split.test), run.preprocessing, batch_size=16)
@@ -101,6 +117,20 @@ def test_calibration_images_come_from_train_only(exported_run):
     assert len({label for _, label in picked}) == 6
 
 
+def test_int8_decision_images_are_never_test_nor_calibration_images(exported_run):
+    from vgg_deploy.batches import stratified_sample
+    from vgg_deploy.export.pipeline import _decision_items
+    from vgg_deploy.runfolder import open_run
+
+    split = open_run(exported_run).split()
+    calib = stratified_sample(split.absolute(split.train), 48, seed=0)
+    items, counts = _decision_items(split, ExportOptions(calib_images=48, check_images=72), calib)
+    paths = {p for p, _ in items}
+    assert len(paths) == counts["images"] == 200
+    assert not paths & {p for p, _ in split.absolute(split.test)}
+    assert not paths & {p for p, _ in calib}
+
+
 @pytest.fixture
 def run_copy(exported_run, tmp_path):
     """A copy sharing the big files by hard link, for tests that export again."""
@@ -113,45 +143,76 @@ def run_copy(exported_run, tmp_path):
 def test_reexport_reuses_the_onnx_and_the_ranges_and_recalibrates_when_images_change(run_copy, capsys):
     export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=48, check_images=72))
     out = capsys.readouterr().out
-    assert "reusing model.onnx" in out and "reusing calibration ranges" in out
+    assert "reusing model.onnx" in out and "reusing minmax calibration ranges" in out
     # Unlink first: the copy shares the file with the session run through a hard link.
     (run_copy / "export" / "model.int8.onnx").unlink()
     export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=24, check_images=72))
-    assert "calibrating (entropy, 24 training images): the calibration images changed" in capsys.readouterr().out
+    assert "calibrating (minmax, 24 training images): the calibration images changed" in capsys.readouterr().out
     assert {a["name"] for a in _manifest(run_copy)["artifacts"]} == {"onnx", "onnx-fp16", "onnx-int8"}
 
 
-def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32(tiny_onnx, tiny_batches, tmp_path):
-    """The fallback loop on a tiny model, with an evaluator that reports the INT8 model as accurate only once
-    its most sensitive layer is float again."""
+def _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls):
     import onnxruntime as ort
 
     reference = np.concatenate([ort.InferenceSession(str(tiny_onnx)).run(None, {"input": b})[0] for b in tiny_batches])
     labels = reference.argmax(axis=1)
-    ranking = []
+
+    def decide(path):
+        calls.append("decision")
+        return evaluate(path, reference)
 
     def report(path):
-        parity = compare(reference, evaluate(path), labels)
-        return {**parity.to_dict(), "drop_points": 100 * (parity.reference_top1 - parity.top1)}
+        calls.append("report")
+        parity = compare(reference, reference, labels)
+        return {**parity.to_dict(), "drop_points": 0.0}
 
-    def evaluate(path):
+    return dict(fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input",
+                image_shape=(3, 16, 16), method="minmax", cache_dir=tmp_path / "calibration", evaluate=decide,
+                reference_logits=reference, labels=labels, decision_images={"images": len(labels)}, report=report)
+
+
+def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32_and_reports_on_test_last(
+        tiny_onnx, tiny_batches, tmp_path):
+    """The fallback on a tiny model, with decision logits that agree with FP32 only once its most sensitive
+    layer is float again. The test figures are computed once, after every decision."""
+    ranking, calls = [], []
+
+    def evaluate(path, reference):
         if not ranking:
             ranking.extend(calibration.rank_sensitive_nodes(tiny_onnx, path, tiny_batches[:2], input_name="input"))
         floats = calibration.qdq_properties(path)["float_nodes"]
         return reference if ranking[0][0] in floats else np.roll(reference, 1, axis=1)
 
-    info = build_int8(tiny_onnx, tmp_path / "q.onnx", fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input", method="minmax",
-                      cache_dir=tmp_path / "calibration", evaluate=evaluate, reference_logits=reference, labels=labels,
-                      report=report, max_accuracy_drop=1.0)
-    assert info["kept_fp32"] == [ranking[0][0]]
-    assert info["decision"]["drop_points"] <= 1.0 and info["accuracy"]["drop_points"] <= 1.0
+    inputs = _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls)
+    info = build_int8(tiny_onnx, tmp_path / "q.onnx", **inputs, max_accuracy_drop=1.0)
+    assert [k["node"] for k in info["kept_out_of_int8"]] == [ranking[0][0]]
+    assert info["kept_out_of_int8"][0]["layer"] in ("conv1_1", "conv1_2", "fc6") and info["kept_out_of_int8"][0]["why"]
+    assert info["decision"]["disagreement_points"] <= 1.0
     assert info["qdq"]["float_nodes"] == [ranking[0][0]]
+    assert calls.count("report") == 1 and calls[-1] == "report" and calls.count("decision") > 2
 
-    with pytest.raises(ExportError, match="exceeds --max-accuracy-drop"):
-        build_int8(tiny_onnx, tmp_path / "q2.onnx", fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input", method="minmax",
-                   cache_dir=tmp_path / "calibration", evaluate=lambda p: np.roll(reference, 1, axis=1),
-                   reference_logits=reference, labels=labels, report=report, max_accuracy_drop=1.0)
+    with pytest.raises(ExportError, match="beyond --max-accuracy-drop"):
+        build_int8(tiny_onnx, tmp_path / "q2.onnx", **_budget_inputs(
+            tiny_onnx, tiny_batches, tmp_path, lambda p, ref: np.roll(ref, 1, axis=1), calls), max_accuracy_drop=1.0)
     assert not (tmp_path / "q2.onnx").exists()
+
+
+def test_auto_method_picks_the_lowest_disagreement_on_decision_images(tiny_onnx, tiny_batches, tmp_path):
+    import onnxruntime as ort
+
+    calls = []
+
+    def evaluate(path, reference):
+        session = ort.InferenceSession(str(path))
+        return np.concatenate([session.run(None, {"input": b})[0] for b in tiny_batches])
+
+    inputs = _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls) | {"method": "auto"}
+    info = build_int8(tiny_onnx, tmp_path / "q.onnx", **inputs, max_accuracy_drop=None)
+    choice = info["calibration"]["method_choice"]
+    scores = {m: choice[m] for m in ("entropy", "minmax", "percentile")}
+    assert info["calibration"]["method"] == min(scores, key=scores.get)
+    assert scores[info["calibration"]["method"]] == pytest.approx(info["decision"]["disagreement_points"])
+    assert calls.count("report") == 1 and calls[-1] == "report"
 
 
 def test_tensorrt_formats_fail_fast_without_tensorrt():

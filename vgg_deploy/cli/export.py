@@ -12,6 +12,7 @@ class CalibMethod(str, Enum):
     entropy = "entropy"
     minmax = "minmax"
     percentile = "percentile"
+    auto = "auto"
 
 
 def export_command(
@@ -20,11 +21,15 @@ def export_command(
         "onnx,onnx-fp16,onnx-int8", help="Comma-separated: onnx, onnx-fp16, onnx-int8, trt-fp16, trt-int8, or all."
     ),
     calib_images: int = typer.Option(128, min=1, help="Training images (class-stratified) to calibrate INT8 on."),
-    calib_method: CalibMethod = typer.Option(CalibMethod.entropy, help="INT8 activation-range method."),
+    calib_method: CalibMethod = typer.Option(
+        CalibMethod.minmax, help="INT8 activation ranges: minmax, percentile, entropy, or auto (the one that agrees "
+        "best with FP32 on the decision images)."),
     max_accuracy_drop: float = typer.Option(
-        None, min=0.0, help="INT8 top-1 budget in points; keeps the most sensitive layers in FP32 until met."
+        None, min=0.0, help="INT8 budget in points of top-1 disagreement with FP32 on val (never test); keeps "
+        "the layers that buy the most agreement per cost out of INT8 until met.",
     ),
-    check_images: int = typer.Option(256, min=1, help="Val images for parity and accuracy checks."),
+    max_fp32_layers: int = typer.Option(4, min=1, help="Most layers the INT8 budget may keep out of INT8."),
+    check_images: int = typer.Option(256, min=1, help="Test images for parity figures, and val images for INT8 decisions."),
     min_batch: int = typer.Option(1, min=1, help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(8, min=1, help="TensorRT profile: batch to optimise for."),
     max_batch: int = typer.Option(32, min=1, help="TensorRT profile: largest batch."),
@@ -44,6 +49,7 @@ def export_command(
             calib_images=calib_images,
             calib_method=calib_method.value,
             max_accuracy_drop=max_accuracy_drop,
+            max_fp32_layers=max_fp32_layers,
             check_images=check_images,
             profile=BatchProfile(min_batch, opt_batch, max_batch),
             workspace_gib=workspace_gib,

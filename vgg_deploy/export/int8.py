@@ -1,8 +1,8 @@
-"""INT8 Q/DQ ONNX, calibrated on training images; its accuracy budget decides on the val split, and
-its accuracy is reported on the test split, which no decision saw.
+"""INT8 Q/DQ ONNX: calibrated on training images, its fallback decided on images that are never reported
+(val, topped up with training images calibration did not use), its accuracy reported on the test split.
 
-Calibration itself lives in the VGG-agnostic `calibration` package; this module supplies the
-images, the accuracy budget, and the reporting.
+Calibration itself lives in the VGG-agnostic `calibration` package; this module supplies the images,
+the decision criterion, VGG's layer names and the report.
 """
 
 from __future__ import annotations
@@ -13,13 +13,38 @@ from pathlib import Path
 import numpy as np
 
 import calibration
+from calibration.cost import node_macs
+from calibration.fallback import search_fallback
+from calibration.quantize import PLACEMENTS
+from calibration.ranges import METHODS, resolve_options
+from calibration.sensitivity import layer_sqnr
 from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError
+from vgg_deploy.export.layer_names import vgg_layer_names
 from vgg_deploy.export.parity import compare
 from vgg_deploy.fileio import atomic_path
 
-# Batches the sensitivity search runs through both models (activations are held in memory).
+# Batches the SQNR measurement runs through both models (activations are held in memory).
 SENSITIVITY_BATCHES = 2
+# Fewer decision images than this and one image moves the criterion by more than half a point.
+DECISION_MIN_IMAGES = 200
+# Precision a layer kept out of INT8 runs in, per placement, and why. onnxruntime's CPU provider has no
+# FP16 Conv/Gemm kernels on x86: an FP16 layer would run as casts around FP32 work. For TensorRT an FP16
+# try would need the kept layers cast in the graph (strongly typed networks run what the graph says);
+# that is not built yet, so they stay FP32 there too, and the manifest says so.
+KEPT_PRECISION = {"cpu": ("fp32", "onnxruntime/OpenVINO CPU kernels for Conv/Gemm are INT8 or FP32, not FP16"),
+                  "tensorrt": ("fp32", "FP16 for kept layers is not tried yet: the Q/DQ graph keeps them FP32")}
+# On the CPU a kept layer reads the int8-rounded output its producer's integer kernel writes: freeing that
+# input costs the producer its kernel (onnxruntime fuses DQ-Conv-Q only with the output Q): measured at
+# 224 px, fc8 kept cost 1.16x the all-INT8 latency with a float input and 1.06x with the rounded one, fc7
+# 1.72x against 1.06x (benchmarks/README.md, "INT8"). TensorRT's placement has no Q/DQ on op outputs, so its input is float.
+KEPT_INPUT = {"cpu": "int8-rounded by its producer's integer kernel", "tensorrt": "float"}
+
+
+def disagreement_points(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Top-1 disagreement with FP32, in points. Unlike a difference of accuracies it counts every flip, so it
+    bounds the accuracy drop and does not net out on a small set."""
+    return 100.0 * (1.0 - compare(reference, logits).top1_agreement)
 
 
 def build_int8(
@@ -29,82 +54,151 @@ def build_int8(
     fp32_sha256: str,
     calib_batches: Sequence[np.ndarray],
     input_name: str,
+    image_shape: tuple[int, int, int],
     method: str,
     cache_dir: Path,
     evaluate: Callable[[Path], np.ndarray],
     reference_logits: np.ndarray,
     labels: np.ndarray,
+    decision_images: dict,
     report: Callable[[Path], dict],
     max_accuracy_drop: float | None,
+    max_fp32_layers: int = 4,
+    placement: str = "cpu",
 ) -> dict:
     """`fp32_sha256` is the FP32 file's hash (the manifest has it; a 500 MB file is not read twice).
-    `evaluate(path)` returns the candidate's logits on the decision images (val) behind
-    `reference_logits`/`labels`; `report(path)` gives the figures on the test images, after the decisions."""
-    key = calibration.CalibrationKey(fp32_sha256, calibration.hash_batches(calib_batches), method)
-    cache = calibration.RangeCache(cache_dir)
-    reusable, why = cache.lookup(key)
-    if reusable:
-        console.print(f"int8: reusing calibration ranges ({why})")
-    else:
-        images = sum(b.shape[0] for b in calib_batches)
-        console.print(f"int8: calibrating ({method}, {images} training images): {why}")
+    `evaluate(path)` returns the candidate's logits on the decision images behind `reference_logits`/`labels`
+    (described by `decision_images`); `report(path)` gives the figures on the test images, after the decisions."""
+    calib_count = int(sum(b.shape[0] for b in calib_batches))
+    data_sha256 = calibration.hash_batches(calib_batches)
+
+    calibrated: dict[str, tuple] = {}
+
+    def ranges_for(candidate: str) -> tuple[calibration.RangeCache, calibration.CalibrationKey, bool, str]:
+        if candidate not in calibrated:
+            calibrated[candidate] = _ranges(candidate)
+        return calibrated[candidate]
+
+    def _ranges(candidate: str) -> tuple[calibration.RangeCache, calibration.CalibrationKey, bool, str]:
+        key = calibration.CalibrationKey.build(fp32_sha256, data_sha256, candidate)
+        cache = calibration.RangeCache(cache_dir / candidate)
+        reusable, why = cache.lookup(key)
+        if reusable:
+            console.print(f"int8: reusing {candidate} calibration ranges ({why})")
+            return cache, key, reusable, why
+        console.print(f"int8: calibrating ({candidate}, {calib_count} training images): {why}")
         try:
-            ranges = calibration.collect_ranges(fp32_path, calib_batches, input_name=input_name, method=method)
+            ranges = calibration.collect_ranges(fp32_path, calib_batches, input_name=input_name, method=candidate)
         except (ValueError, RuntimeError) as err:
             raise ExportError(f"int8 calibration failed: {err}") from None
         cache.store(key, ranges)
+        return cache, key, reusable, why
+
+    method_trials: dict[str, float] = {}
+    if method == "auto":
+        # Each method's all-INT8 file, judged on the decision images; never on test.
+        for candidate in METHODS:
+            cache, *_ = ranges_for(candidate)
+            with atomic_path(out) as tmp:
+                calibration.quantize_qdq(fp32_path, tmp, ranges_path=cache.ranges_path, method=candidate,
+                                         placement=placement)
+            method_trials[candidate] = disagreement_points(reference_logits, evaluate(out))
+            console.print(f"int8: {candidate}: disagrees with FP32 on {method_trials[candidate]:.2f}% of the "
+                          "decision images")
+        method = min(method_trials, key=lambda m: (method_trials[m], list(METHODS).index(m)))
+        console.print(f"int8: auto picked {method}")
+    cache, key, reusable, why = ranges_for(method)
+    options = resolve_options(method)
     trt_table = calibration.write_tensorrt_table(cache.load(), cache_dir / "tensorrt-ep")
+    names = vgg_layer_names(fp32_path)
+    macs = node_macs(fp32_path, image_shape)
+    console.print(f"int8: Q/DQ placed for {placement}: {PLACEMENTS[placement]}")
 
-    def quantize(exclude: list[str]):
+    def build(kept: list[str]) -> Path:
         with atomic_path(out) as tmp:
-            calibration.quantize_qdq(fp32_path, tmp, ranges_path=cache.ranges_path, method=method, exclude_nodes=exclude)
-        parity = compare(reference_logits, evaluate(out), labels)
-        drop = 100.0 * (parity.reference_top1 - parity.top1)
-        return parity, drop
+            calibration.quantize_qdq(fp32_path, tmp, ranges_path=cache.ranges_path, method=method,
+                                     exclude_nodes=kept, placement=placement,
+                                     float_inputs_for_excluded=KEPT_INPUT[placement] == "float")
+        return out
 
-    kept_out: list[str] = []
-    parity, drop = quantize(kept_out)
-    console.print(f"int8: val top-1 {parity.top1:.4f} vs FP32 {parity.reference_top1:.4f} (drop {drop:+.2f} points)")
-    sensitivity: list[tuple[str, float]] = []
-    if max_accuracy_drop is None and drop > 1.0:
-        console.print("int8: warning: more than 1 point lost; --max-accuracy-drop X keeps the most sensitive layers "
-                      "in FP32 until the loss is within X points")
-    if max_accuracy_drop is not None and drop > max_accuracy_drop:
-        sensitivity = calibration.rank_sensitive_nodes(
-            fp32_path, out, calib_batches[:SENSITIVITY_BATCHES], input_name=input_name
-        )
-        console.print("int8: most sensitive layers (SQNR drop, dB): "
-                      + ", ".join(f"{name} {db:.1f}" for name, db in sensitivity[:5]))
-        for name, _ in sensitivity:
-            kept_out.append(name)
-            parity, drop = quantize(kept_out)
-            console.print(f"int8: keeping {name} in FP32 -> drop {drop:+.2f} points")
-            if drop <= max_accuracy_drop:
-                break
-        else:
-            out.unlink(missing_ok=True)
-            raise ExportError(
-                f"int8 top-1 drop {drop:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop} even with "
-                f"{len(kept_out)} layer(s) kept in FP32 ({', '.join(kept_out)}); try --calib-method or more --calib-images"
-            )
-        console.print(f"int8: kept in FP32 to meet the budget on val: {', '.join(kept_out)}")
+    def decide(path: Path) -> float:
+        return disagreement_points(reference_logits, evaluate(path))
+
+    def rank(path: Path) -> list[tuple[str, float]]:
+        return calibration.rank_sensitive_nodes(fp32_path, path, calib_batches[:SENSITIVITY_BATCHES],
+                                                input_name=input_name)
+
+    budget = float("inf") if max_accuracy_drop is None else max_accuracy_drop
+    result = search_fallback(build=build, disagreement=decide, rank=rank, macs=macs, budget=budget,
+                             max_kept=max_fp32_layers)
+
+    def label(node: str) -> str:
+        return f"{names.get(node, node)} ({node})"
+
+    for step in result.steps:
+        console.print(f"int8: keeping {label(step['kept'])} out of INT8 -> disagreement "
+                      f"{step['disagreement_before']:.2f} -> {step['disagreement_after']:.2f} points ({step['why']})")
+    if not result.met:
+        out.unlink(missing_ok=True)
+        raise ExportError(
+            f"int8 disagrees with FP32 on {result.disagreement:.2f}% of the decision images, beyond "
+            f"--max-accuracy-drop {max_accuracy_drop}, even with {len(result.kept)} layer(s) kept out of INT8 "
+            f"({', '.join(map(label, result.kept)) or 'none'}); try --calib-method or more --calib-images")
+    decision = compare(reference_logits, evaluate(out), labels)
+    if max_accuracy_drop is None and result.disagreement > 1.0:
+        console.print(f"int8: warning: disagrees with FP32 on {result.disagreement:.2f}% of the decision images; "
+                      "--max-accuracy-drop X keeps the layers that buy the most agreement per cost out of INT8")
+
+    sqnr = {layer["node"]: layer for layer in layer_sqnr(fp32_path, out, calib_batches[:SENSITIVITY_BATCHES],
+                                                         input_name=input_name)}
+    kept_precision, kept_why = KEPT_PRECISION[placement]
+    layers = [{"node": node, "layer": names.get(node, node), "macs": int(count),
+               "precision": kept_precision if node in result.kept else "int8",
+               **{k: round(float(v), 3) for k, v in sqnr.get(node, {}).items() if k != "node"}}
+              for node, count in macs.items()]
+    console.print("int8: per-layer SQNR (dB, output vs FP32): " + ", ".join(
+        f"{layer['layer']} {layer['sqnr_out_db']:.1f}" for layer in layers if "sqnr_out_db" in layer))
     reported = report(out)
     console.print(f"int8: test top-1 {reported['top1']:.4f} vs FP32 {reported['reference_top1']:.4f} "
-                  f"(drop {reported['drop_points']:+.2f} points, agreement {reported['top1_agreement']:.4f})")
+                  f"(drop {reported['drop_points']:+.2f} points, agreement {reported['top1_agreement']:.4f}, "
+                  f"{reported['images']} test images)")
+    kept_out = [{"node": step["kept"], "layer": names.get(step["kept"], step["kept"]), "precision": kept_precision,
+                 "precision_why": kept_why, "input": KEPT_INPUT[placement], "why": step["why"],
+                 "macs": int(macs[step["kept"]]),
+                 "disagreement_before": step["disagreement_before"], "disagreement_after": step["disagreement_after"]}
+                for step in result.steps]
     return {
+        "placement": {"target": placement, "qdq": PLACEMENTS[placement]},
         "calibration": {
             "method": method,
-            "images": int(sum(b.shape[0] for b in calib_batches)),
+            "method_choice": ({"by": "lowest disagreement with FP32 on the decision images", **method_trials}
+                              if method_trials else "as asked"),
+            "options": options,
+            "images": calib_count,
             "source": "train split (class-stratified sample)",
             "reused": reusable,
             "reason": why,
             "ranges": str(cache.ranges_path.relative_to(cache_dir.parent)),
             "tensorrt_ep_table": [str(p.relative_to(cache_dir.parent)) for p in trt_table],
-            "key": {"model_sha256": key.model_sha256, "data_sha256": key.data_sha256},
+            "key": {"model_sha256": key.model_sha256, "data_sha256": key.data_sha256, "onnxruntime": key.onnxruntime},
         },
         "accuracy": {**reported, "split": "test", "max_accuracy_drop": max_accuracy_drop},
-        "decision": {**parity.to_dict(), "split": "val", "drop_points": drop},
-        "kept_fp32": kept_out,
-        "sensitivity_db": [[name, round(db, 3)] for name, db in sensitivity],
+        "decision": {**decision.to_dict(), **decision_images, "criterion": "top-1 disagreement with FP32 (points)",
+                     "disagreement_points": result.disagreement, "min_images": DECISION_MIN_IMAGES},
+        "kept_out_of_int8": kept_out,
+        "fallback_steps": result.steps,
+        "layers": layers,
         "qdq": calibration.qdq_properties(out),
     }
+
+
+def write_tensorrt_qdq(fp32_path: Path, out: Path, *, int8_entry: dict, cache_dir: Path) -> Path:
+    """The onnx-int8 artifact's ranges and kept layers, with Q/DQ placed where TensorRT wants them (inputs of
+    quantized ops only): the graph a trt-int8 engine is built from."""
+    kept = [layer["node"] for layer in int8_entry.get("kept_out_of_int8", [])]
+    method = int8_entry["calibration"]["method"]
+    with atomic_path(out) as tmp:
+        calibration.quantize_qdq(fp32_path, tmp, ranges_path=calibration.RangeCache(cache_dir / method).ranges_path,
+                                 method=method, exclude_nodes=kept, placement="tensorrt",
+                                 float_inputs_for_excluded=KEPT_INPUT["tensorrt"] == "float")
+    return out

@@ -19,6 +19,7 @@ from vgg_deploy.runfolder import WEIGHTS, open_run
 from vgg_deploy.runners import OnnxRuntimeRunner, TorchRunner
 
 EXPORT_DIR = "export"
+TENSORRT_QDQ = "model.int8.tensorrt-qdq.onnx"
 # What each artifact is built from.
 SOURCE = {"onnx-fp16": "onnx", "onnx-int8": "onnx", "trt-fp16": "onnx-fp16", "trt-int8": "onnx-int8"}
 
@@ -27,8 +28,9 @@ SOURCE = {"onnx-fp16": "onnx", "onnx-int8": "onnx", "trt-fp16": "onnx-fp16", "tr
 class ExportOptions:
     formats: list[str] = field(default_factory=lambda: ["onnx", "onnx-fp16", "onnx-int8"])
     calib_images: int = 128
-    calib_method: str = "entropy"
+    calib_method: str = "minmax"
     max_accuracy_drop: float | None = None
+    max_fp32_layers: int = 4
     check_images: int | None = 256  # test images for parity/accuracy figures, and val images for decisions (None: all)
     batch_size: int = 16
     profile: BatchProfile = field(default_factory=BatchProfile)
@@ -91,11 +93,12 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
     test_batches, test_labels = load_batches(
         stratified_sample(split.absolute(split.test), options.check_images, seed=options.seed), pp,
         batch_size=options.batch_size)
-    val_batches, val_labels = load_batches(
-        stratified_sample(split.absolute(split.val), options.check_images, seed=options.seed), pp,
-        batch_size=options.batch_size)
+    calib_items = stratified_sample(split.absolute(split.train), options.calib_images, seed=options.seed)
+    decision_items, decision_images = _decision_items(split, options, calib_items)
+    decision_batches, decision_labels = load_batches(decision_items, pp, batch_size=options.batch_size)
     with TorchRunner(model, name="pytorch") as torch_runner:
-        reference, val_reference = run_batches(torch_runner, test_batches), run_batches(torch_runner, val_batches)
+        reference = run_batches(torch_runner, test_batches)
+        decision_reference = run_batches(torch_runner, decision_batches)
     console.print(f"reference: PyTorch FP32 on {len(test_labels)} test images, "
                   f"top-1 {(reference.argmax(1) == test_labels).mean():.4f}")
 
@@ -111,8 +114,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
 
     def calibration_batches() -> list[np.ndarray]:
         if not calib_cache:
-            items = stratified_sample(split.absolute(split.train), options.calib_images, seed=options.seed)
-            calib_cache.extend(load_batches(items, pp, batch_size=options.batch_size)[0])
+            calib_cache.extend(load_batches(calib_items, pp, batch_size=options.batch_size)[0])
         return calib_cache
 
     artifacts: dict[str, dict] = {}
@@ -141,15 +143,15 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
 
             info = build_int8(
                 export_dir / mf.FILENAME["onnx"], path, fp32_sha256=artifacts["onnx"]["sha256"],
-                calib_batches=calibration_batches(), input_name=INPUT_NAME,
+                calib_batches=calibration_batches(), input_name=INPUT_NAME, image_shape=(3, pp.image_size, pp.image_size),
                 method=options.calib_method, cache_dir=export_dir / "calibration",
-                evaluate=lambda p: ort_logits(p, val_batches), reference_logits=val_reference, labels=val_labels,
-                report=test_figures, max_accuracy_drop=options.max_accuracy_drop,
+                evaluate=lambda p: ort_logits(p, decision_batches), reference_logits=decision_reference,
+                labels=decision_labels, decision_images=decision_images, report=test_figures,
+                max_accuracy_drop=options.max_accuracy_drop, max_fp32_layers=options.max_fp32_layers,
             )
             artifacts[name] = mf.artifact_entry(export_dir, name, **info)
         else:
-            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options,
-                                         source_sha256=artifacts[SOURCE[name]]["sha256"])
+            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options, source_entry=artifacts[SOURCE[name]])
 
     entries = {**{k: v for k, v in kept.items() if k not in artifacts}, **artifacts}
     manifest = {
@@ -159,7 +161,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         "preprocessing": pp.to_dict(),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, pp.image_size, pp.image_size], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(run.class_names)], "dtype": "float32"},
-        "checks": {"test_images": int(len(test_labels)), "val_images_for_decisions": int(len(val_labels)),
+        "checks": {"test_images": int(len(test_labels)), "decision_images": decision_images,
                    "reference": "pytorch fp32 eager"},
         "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],
         "artifacts": list(entries.values()),
@@ -177,6 +179,22 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
     return manifest
 
 
+def _decision_items(split, options: ExportOptions, calib_items) -> tuple[list, dict]:
+    """The images INT8's decisions look at: val, topped up to DECISION_MIN_IMAGES with training images that
+    calibration did not use. Never test."""
+    from vgg_deploy.export.int8 import DECISION_MIN_IMAGES
+
+    val = stratified_sample(split.absolute(split.val), options.check_images, seed=options.seed)
+    used = {path for path, _ in calib_items}
+    spare = [item for item in split.absolute(split.train) if item[0] not in used]
+    top_up = stratified_sample(spare, max(0, DECISION_MIN_IMAGES - len(val)), seed=options.seed) if len(val) < DECISION_MIN_IMAGES else []
+    images = {"images": len(val) + len(top_up), "val": len(val), "train_not_calibrated": len(top_up)}
+    if images["images"] < DECISION_MIN_IMAGES:
+        console.print(f"int8: warning: only {images['images']} images for INT8 decisions (val plus training images "
+                      f"calibration did not use); fewer than {DECISION_MIN_IMAGES} makes them coarse")
+    return [*val, *top_up], images
+
+
 def _checked_parity(name, precision, path: Path, reference, logits, labels) -> dict:
     parity = compare(reference, logits, labels)
     console.print(f"{name}: parity with PyTorch: {parity.summary()}")
@@ -187,12 +205,20 @@ def _checked_parity(name, precision, path: Path, reference, logits, labels) -> d
     return parity.to_dict()
 
 
-def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_sha256: str) -> dict:
+def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_entry: dict) -> dict:
     from vgg_deploy.export.tensorrt_build import build_engine
     from vgg_deploy.export.tensorrt_meta import detect_environment, make_sidecar, timing_cache_name, write_sidecar
 
     env = detect_environment()
     source = export_dir / mf.FILENAME[SOURCE[name]]
+    source_sha256 = source_entry["sha256"]
+    if name == "trt-int8":
+        from vgg_deploy.export.int8 import write_tensorrt_qdq
+
+        # The CPU artifact's Q/DQ sits on op outputs too; TensorRT gets its own placement of the same ranges.
+        source = write_tensorrt_qdq(export_dir / mf.FILENAME["onnx"], export_dir / TENSORRT_QDQ,
+                                    int8_entry=source_entry, cache_dir=export_dir / "calibration")
+        source_sha256 = sha256_file(source)
     engine = export_dir / mf.FILENAME[name]
     workspace = int(options.workspace_gib * (1 << 30))
     build_engine(source, engine, env=env, input_name=INPUT_NAME, image_size=image_size, profile=options.profile,
