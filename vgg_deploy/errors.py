@@ -33,3 +33,9 @@ class AccuracyGateError(VggDeployError):
     """An artifact lost more accuracy than the user allowed."""
 
     exit_code = 3
+
+
+class ArtifactFailedError(VggDeployError):
+    """An artifact could not be run or measured; the report still lists every figure."""
+
+    exit_code = 4

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from vgg_deploy.benchmark.pipeline import BenchmarkOptions, _gate, benchmark
 from vgg_deploy.benchmark.stats import TimingPolicy
 from vgg_deploy.cli import app
-from vgg_deploy.errors import AccuracyGateError
+from vgg_deploy.errors import AccuracyGateError, ArtifactFailedError
 
 QUICK = TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=1, max_iterations=2, time_budget_s=0.0)
 
@@ -72,10 +72,12 @@ def run_with_odd_artifacts(exported_run, tmp_path):
     return run
 
 
-def test_skipped_and_failed_artifacts_do_not_stop_the_rest(run_with_odd_artifacts):
+def test_skipped_and_failed_artifacts_do_not_stop_the_rest_but_fail_the_command(run_with_odd_artifacts):
     pytest.importorskip("openvino")
-    report = benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK,
-                                                                onnx_backends=["onnxruntime", "openvino"]))
+    with pytest.raises(ArtifactFailedError, match=r"artifact run\(s\) failed: onnx-fp16 on onnxruntime"):
+        benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK,
+                                                           onnx_backends=["onnxruntime", "openvino"]))
+    report = json.loads((run_with_odd_artifacts / "benchmark" / "report.json").read_text())
     status = {(r["artifact"], r["backend"]): (r["status"], r["reason"]) for r in report["results"]}
     assert status[("pytorch", "torch")][0] == "ok"
     assert status[("onnx-int8", "onnxruntime")][0] == "ok"
@@ -94,7 +96,15 @@ def test_gate_names_the_artifact_and_exits_3(run_with_odd_artifacts):
         {"artifact": "onnx", "backend": "onnxruntime", "status": "ok", "accuracy": {"top1": 0.9}},
     ]}
     _gate(report, 10.0)
+    _gate(report, None)
     with pytest.raises(AccuracyGateError, match=r"onnx-int8 on onnxruntime \(5.00 points\)"):
+        _gate(report, 1.0)
+    report["results"].append({"artifact": "onnx-fp16", "backend": "openvino", "status": "failed", "reason": "boom"})
+    report["results"].append({"artifact": "trt-int8", "backend": "tensorrt", "status": "skipped", "reason": "no GPU"})
+    with pytest.raises(ArtifactFailedError, match=r"onnx-fp16 on openvino \(boom\)") as failure:
+        _gate(report, None)
+    assert failure.value.exit_code == 4 and "trt-int8" not in str(failure.value)
+    with pytest.raises(AccuracyGateError, match="and failed: onnx-fp16 on openvino"):
         _gate(report, 1.0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 
 
 def _cpu_model() -> str:
@@ -16,6 +17,20 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def physical_cores(sysfs: str | os.PathLike[str] = "/sys/devices/system/cpu") -> int:
+    """Cores this process may run on, counting SMT siblings once: one busy thread per core is what GEMM
+    kernels want, and os.cpu_count() counts logical CPUs (twice the cores on an SMT host)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in allowed:
+        topology = Path(sysfs) / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:  # no topology (containers, other systems): count the logical CPU
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
 
 
 def _version(package: str) -> str | None:
@@ -34,7 +49,8 @@ def describe_machine() -> dict:
         gpu = {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
     return {
         "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
+        "cores": physical_cores(),
+        "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "gpu": gpu,

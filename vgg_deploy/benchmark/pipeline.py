@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -10,12 +9,12 @@ import numpy as np
 
 from vgg_deploy.batches import load_batches, run_batches
 from vgg_deploy.benchmark.accuracy import accuracy_figures
-from vgg_deploy.benchmark.machine import describe_machine
+from vgg_deploy.benchmark.machine import describe_machine, physical_cores
 from vgg_deploy.benchmark.report import terminal_table, write_report
 from vgg_deploy.benchmark.stats import TimingPolicy, measure, summarize
 from vgg_deploy.console import console
 from vgg_deploy.data import scan_image_folder
-from vgg_deploy.errors import AccuracyGateError, DataError, UnavailableError, VggDeployError
+from vgg_deploy.errors import AccuracyGateError, ArtifactFailedError, DataError, UnavailableError, VggDeployError
 from vgg_deploy.export.manifest import read_manifest
 from vgg_deploy.fileio import check_writable_dir, sha256_file
 from vgg_deploy.runfolder import open_run
@@ -123,7 +122,7 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
     unknown = [b for b in options.onnx_backends if b not in ONNX_BACKENDS]
     if unknown or not options.onnx_backends:
         raise VggDeployError(f"--backends must name some of {', '.join(ONNX_BACKENDS)} (got {options.onnx_backends})")
-    threads = options.threads or os.cpu_count() or 1
+    threads = options.threads or physical_cores()
     options.threads = threads
     torch.set_num_threads(threads)
     items, data_label = _eval_items(run, options.data)
@@ -174,13 +173,20 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
 
 
 def _gate(report: dict, max_drop: float | None) -> None:
-    if max_drop is None:
-        return
-    base = next(r for r in report["results"] if r["artifact"] == report["baseline"])["accuracy"]["top1"]
-    losers = [
-        f"{r['artifact']} on {r['backend']} ({100 * (base - r['accuracy']['top1']):.2f} points)"
-        for r in report["results"]
-        if r["status"] == "ok" and r["artifact"] != report["baseline"] and 100 * (base - r["accuracy"]["top1"]) > max_drop
-    ]
+    """Exit non-zero when an artifact failed to run, and (with --max-accuracy-drop) when one lost more top-1
+    than allowed. A skipped artifact (no TensorRT here, not exported) is reported, not failed."""
+    failed = [f"{r['artifact']} on {r.get('backend', '?')} ({r['reason']})"
+              for r in report["results"] if r["status"] == "failed"]
+    losers = []
+    if max_drop is not None:
+        base = next(r for r in report["results"] if r["artifact"] == report["baseline"])["accuracy"]["top1"]
+        losers = [
+            f"{r['artifact']} on {r['backend']} ({100 * (base - r['accuracy']['top1']):.2f} points)"
+            for r in report["results"]
+            if r["status"] == "ok" and r["artifact"] != report["baseline"] and 100 * (base - r["accuracy"]["top1"]) > max_drop
+        ]
     if losers:
-        raise AccuracyGateError(f"top-1 below the baseline by more than {max_drop} points: {', '.join(losers)}")
+        raise AccuracyGateError(f"top-1 below the baseline by more than {max_drop} points: {', '.join(losers)}"
+                                + (f"; and failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise ArtifactFailedError(f"{len(failed)} artifact run(s) failed: {', '.join(failed)}")

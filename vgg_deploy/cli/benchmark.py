@@ -18,7 +18,7 @@ def benchmark_command(
     run: Path = typer.Argument(..., help="Run folder with an export/manifest.json."),
     batch_sizes: str = typer.Option("1,8,32", help="Comma-separated batch sizes to time."),
     data: Path = typer.Option(None, help="ImageFolder to evaluate on instead of the run's test split (same classes)."),
-    threads: int = typer.Option(None, min=1, help="CPU threads for every runtime (default: all cores)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for every runtime (default: physical cores, SMT siblings once)."),
     max_accuracy_drop: float = typer.Option(
         None, min=0.0, help="Exit 3 if any artifact's top-1 is more than this many points below the baseline."
     ),
