@@ -20,7 +20,7 @@ def test_report_contract(benchmark_report, exported_run):
     assert on_disk["baseline"] == "pytorch"
     assert {"cpu", "cores", "versions"} <= set(on_disk["machine"])
     names = [r["artifact"] for r in on_disk["results"]]
-    assert names == ["pytorch", "onnx", "onnx-fp16", "onnx-int8"]
+    assert names == ["pytorch", "pytorch-best", "onnx", "onnx-fp16", "onnx-int8"]
     for result in on_disk["results"]:
         assert {"artifact", "backend", "precision", "status", "reason", "accuracy", "latency_ms", "throughput_ips"} <= set(result)
         assert result["status"] == "ok"
@@ -28,11 +28,21 @@ def test_report_contract(benchmark_report, exported_run):
         assert set(result["latency_ms"]) == {"1", "4"}
         for stats in result["latency_ms"].values():
             assert {"p50", "p90", "p99", "mean"} <= set(stats) and stats["p50"] > 0
+            assert stats["p99"] is None and "p99" in stats["too_few_samples_for"]  # 3 samples
         assert len(result["accuracy"]["per_class_top1"]) == 6
     baseline = on_disk["results"][0]
     assert baseline["accuracy"]["agreement"] == 1.0 and baseline["accuracy"]["max_abs_logit_diff"] == 0.0
-    fp32 = on_disk["results"][1]["accuracy"]
+    best = on_disk["results"][1]
+    assert best["channels_last"] and best["device"] == "cpu" and best["accuracy"]["agreement"] == 1.0
+    fp32 = on_disk["results"][2]["accuracy"]
     assert fp32["agreement"] == 1.0 and fp32["top1"] == baseline["accuracy"]["top1"]
+    # Speed-ups against both PyTorch rows, from the p50s in the report.
+    for result in on_disk["results"]:
+        for batch, stats in result["latency_ms"].items():
+            assert result["speedup"]["vs_pytorch"][batch] == pytest.approx(
+                baseline["latency_ms"][batch]["p50"] / stats["p50"], rel=1e-2)
+            assert result["speedup"]["vs_pytorch_best"][batch] == pytest.approx(
+                best["latency_ms"][batch]["p50"] / stats["p50"], rel=1e-2)
     for name in ("report.md", "accuracy_vs_latency.png", "latency.png"):
         assert (exported_run / "benchmark" / name).stat().st_size > 0
     assert "| onnx-int8 |" in (exported_run / "benchmark" / "report.md").read_text()

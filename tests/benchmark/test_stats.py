@@ -42,5 +42,17 @@ def test_percentiles_mean_and_throughput():
     assert stats["p90"] == pytest.approx(90.1)
     assert stats["p99"] == pytest.approx(99.01)
     assert stats["mean"] == pytest.approx(50.5)
-    assert stats["iterations"] == 100
+    assert stats["iterations"] == 100 and stats["too_few_samples_for"] == []
     assert ips == pytest.approx(8 / 0.0505)
+
+
+def test_tail_percentiles_need_enough_samples():
+    stats, _ = summarize([i / 1000 for i in range(1, 21)], batch_size=1)  # 20 samples
+    assert stats["p50"] == pytest.approx(10.5) and stats["p90"] == pytest.approx(18.1)
+    assert stats["p99"] is None and stats["too_few_samples_for"] == ["p99"]
+    stats, _ = summarize([0.001] * 5, batch_size=1)
+    assert stats["p90"] is None and stats["p99"] is None and stats["p50"] == pytest.approx(1.0)
+    stats, _ = summarize([0.001] * 99, batch_size=1)
+    assert stats["p99"] is None
+    stats, _ = summarize([0.001] * 100, batch_size=1)
+    assert stats["p99"] == pytest.approx(1.0)

@@ -14,6 +14,12 @@ def _latency_cell(result: dict, batch: str) -> str:
     return f"{stats['p50']:.2f}" if stats else "-"
 
 
+def _speedup_cell(result: dict, batch: str) -> str:
+    speedup = result.get("speedup") or {}
+    eager, best = (speedup.get(key, {}).get(batch) for key in ("vs_pytorch", "vs_pytorch_best"))
+    return f"{_fmt(eager, '.2f')}/{_fmt(best, '.2f')}" if eager or best else "-"
+
+
 def _fmt(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
@@ -21,7 +27,7 @@ def _fmt(value, spec: str) -> str:
 def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = [str(b) for b in report["settings"]["batch_sizes"]]
     header = ["artifact", "backend", "precision", "status", "top-1", "agree", "max|dlogit|"]
-    header += [f"p50 ms b{b}" for b in batches] + [f"img/s b{batches[-1]}", "MB"]
+    header += [f"p50 ms b{b}" for b in batches] + [f"img/s b{batches[-1]}", f"x eager/best b{batches[-1]}", "MB"]
     lines = []
     for r in report["results"]:
         acc = r.get("accuracy") or {}
@@ -30,7 +36,8 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
             [r["artifact"], r["backend"], r["precision"], r["status"], _fmt(acc.get("top1"), ".4f"),
              _fmt(acc.get("agreement"), ".4f"), _fmt(acc.get("max_abs_logit_diff"), ".3g")]
             + [_latency_cell(r, b) for b in batches]
-            + [_fmt(throughput, ".1f"), _fmt((r.get("bytes") or 0) / 1e6, ".0f") if r.get("bytes") else "-"]
+            + [_fmt(throughput, ".1f"), _speedup_cell(r, batches[-1]),
+               _fmt((r.get("bytes") or 0) / 1e6, ".0f") if r.get("bytes") else "-"]
         )
     return header, lines
 

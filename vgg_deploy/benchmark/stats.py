@@ -36,15 +36,26 @@ def measure(step: Callable[[], None], policy: TimingPolicy, *, clock: Callable[[
     return durations
 
 
+# A tail percentile needs enough samples for at least one to lie beyond it: p90 from 10, p99 from 100.
+PERCENTILES = (50, 90, 99)
+
+
+def min_samples(percentile: float) -> int:
+    return int(np.ceil(100.0 / (100.0 - percentile) - 1e-9)) if percentile > 50 else 1
+
+
 def summarize(durations_s: list[float], *, batch_size: int) -> tuple[dict, float]:
-    """({p50, p90, p99, mean, iterations} in ms, throughput in images/s)."""
+    """({p50, p90, p99, mean, iterations, too_few_samples_for} in ms, throughput in images/s). A percentile
+    with fewer samples than min_samples() is None and named in too_few_samples_for, not estimated."""
     ms = np.asarray(durations_s, dtype=np.float64) * 1000.0
-    stats = {
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "p99": float(np.percentile(ms, 99)),
-        "mean": float(ms.mean()),
-        "iterations": int(ms.size),
-    }
+    stats: dict = {}
+    too_few = []
+    for q in PERCENTILES:
+        if ms.size >= min_samples(q):
+            stats[f"p{q}"] = float(np.percentile(ms, q))
+        else:
+            stats[f"p{q}"] = None
+            too_few.append(f"p{q}")
+    stats |= {"mean": float(ms.mean()), "iterations": int(ms.size), "too_few_samples_for": too_few}
     throughput = batch_size / (stats["mean"] / 1000.0) if stats["mean"] > 0 else float("inf")
     return stats, throughput
