@@ -3,8 +3,9 @@
 A VGG16 (torchvision's architecture; the weights do not change the time) is exported at 224 px and
 quantized from the same ranges into variants: all INT8, and one layer each kept in FP32 (fc8, fc7,
 fc6, conv5_3, conv1_2, conv1_1), reading either a float input (its producer loses its output Q and with it
-onnxruntime's integer kernel) or the int8-rounded one its producer's integer kernel writes. Each variant is timed in its own process by `infer_bench.py`'s worker,
-in alternating rounds; the table gives each variant's median latency as a ratio of the all-INT8 file's.
+onnxruntime's integer kernel) or the int8-rounded one its producer's integer kernel writes. Each variant
+is timed in its own process, in alternating rounds (`vgg_deploy.benchmark.isolated`, as `vgg-deploy
+benchmark` times its rows); the table gives each variant's median latency as a ratio of the all-INT8 file's.
 
     python benchmarks/int8_fallback_cost.py [--rounds 3] [--iters 15] [--out benchmarks/results/int8_fallback_cost.json]
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +23,15 @@ import torch
 
 import calibration
 from calibration.cost import node_macs
+from vgg_deploy.benchmark.isolated import RowSpec, time_rounds
 from vgg_deploy.benchmark.machine import describe_machine
+from vgg_deploy.benchmark.stats import TimingPolicy
 from vgg_deploy.export.layer_names import vgg_layer_names
 from vgg_deploy.export.onnx_fp32 import INPUT_NAME, export_fp32
 from vgg_deploy.model import new_vgg16
 from vgg_deploy.preprocessing import Preprocessing
 
 KEPT = ("fc8", "fc7", "fc6", "conv5_3", "conv1_2", "conv1_1")
-INFER_BENCH = Path(__file__).with_name("infer_bench.py")
 
 
 def build_variants(work: Path) -> dict[str, tuple[Path, int]]:
@@ -72,14 +72,16 @@ def main() -> None:
     args = parser.parse_args()
     variants = build_variants(args.work)
     total_macs = sum(node_macs(args.work / "model.onnx", (3, 224, 224)).values())
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for round_index in range(args.rounds):
-        for name, (path, _) in variants.items():
-            cmd = [sys.executable, str(INFER_BENCH), str(args.work), "--worker", f"onnxruntime-int8:{path}",
-                   "--iters", str(args.iters), "--threads", str(args.threads), "--batches", "1"]
-            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            samples[name].append(statistics.median(json.loads(result.stdout.strip().splitlines()[-1])["1"]) * 1000)
-            print(f"round {round_index + 1}: {name}: {samples[name][-1]:.1f} ms", flush=True)
+    specs = [RowSpec("onnxruntime", name, str(path), precision="int8", threads=args.threads)
+             for name, (path, _) in variants.items()]
+    policy = TimingPolicy(warmup_iterations=5, warmup_seconds=3.0, min_iterations=args.iters,
+                          max_iterations=args.iters, time_budget_s=0.0)
+    pool = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    timings = time_rounds(specs, pool, [1], policy, rounds=args.rounds, workdir=args.work,
+                          on_round=lambda r, key, per: print(f"round {r + 1}: {key}: "
+                                                             f"{1000 * statistics.median(per['1'][-1]):.1f} ms", flush=True))
+    samples = {name: [1000 * statistics.median(durations) for durations in timings[f"{name} (onnxruntime)"]["1"]]
+               for name in variants}
     medians = {name: statistics.median(values) for name, values in samples.items()}
     base = medians["all INT8"]
     record = {

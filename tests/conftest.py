@@ -111,8 +111,8 @@ def benchmark_report(exported_run) -> dict:
     from vgg_deploy.benchmark.stats import TimingPolicy
 
     return benchmark(exported_run, BenchmarkOptions(
-        batch_sizes=[1, 4], timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
-                                                max_iterations=3, time_budget_s=0.0)))
+        batch_sizes=[1, 4], rounds=2, timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
+                                                          max_iterations=3, time_budget_s=0.0)))
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,10 @@ def test_report_contract(benchmark_report, exported_run):
         assert set(result["latency_ms"]) == {"1", "4"}
         for stats in result["latency_ms"].values():
             assert {"p50", "p90", "p99", "mean"} <= set(stats) and stats["p50"] > 0
-            assert stats["p99"] is None and "p99" in stats["too_few_samples_for"]  # 3 samples
+            assert stats["p99"] is None and "p99" in stats["too_few_samples_for"]  # 6 samples
+            # Two rounds, each in its own process: p50 is the median of the two rounds' medians.
+            assert stats["rounds"] == 2 and len(stats["round_p50"]) == 2
+            assert stats["p50"] == pytest.approx(sum(stats["round_p50"]) / 2, rel=1e-3)
         assert len(result["accuracy"]["per_class_top1"]) == 6
     baseline = on_disk["results"][0]
     assert baseline["accuracy"]["agreement"] == 1.0 and baseline["accuracy"]["max_abs_logit_diff"] == 0.0
@@ -36,6 +39,11 @@ def test_report_contract(benchmark_report, exported_run):
     assert best["channels_last"] and best["device"] == "cpu" and best["accuracy"]["agreement"] == 1.0
     fp32 = on_disk["results"][2]["accuracy"]
     assert fp32["agreement"] == 1.0 and fp32["top1"] == baseline["accuracy"]["top1"]
+    roofline = on_disk["roofline"]
+    assert roofline["macs_per_image"] > 0 and {"fp32", "int8", "bf16"} <= set(roofline["peaks_gmacs"])
+    for result in on_disk["results"]:
+        assert set(result["roofline"]) == {"1", "4"} and result["roofline"]["1"]["core_ms_per_image"] > 0
+    assert "Roofline:" in (exported_run / "benchmark" / "report.md").read_text()
     # Speed-ups against both PyTorch rows, from the p50s in the report.
     for result in on_disk["results"]:
         for batch, stats in result["latency_ms"].items():
@@ -85,7 +93,7 @@ def run_with_odd_artifacts(exported_run, tmp_path):
 def test_skipped_and_failed_artifacts_do_not_stop_the_rest_but_fail_the_command(run_with_odd_artifacts):
     pytest.importorskip("openvino")
     with pytest.raises(ArtifactFailedError, match=r"artifact run\(s\) failed: onnx-fp16 on onnxruntime"):
-        benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK,
+        benchmark(run_with_odd_artifacts, BenchmarkOptions(batch_sizes=[1], timing=QUICK, rounds=1,
                                                            onnx_backends=["onnxruntime", "openvino"]))
     report = json.loads((run_with_odd_artifacts / "benchmark" / "report.json").read_text())
     status = {(r["artifact"], r["backend"]): (r["status"], r["reason"]) for r in report["results"]}
@@ -137,7 +145,7 @@ def test_cli_gate_exits_3_naming_the_artifact_that_lost_accuracy(exported_run, t
     entry = {"name": "onnx-int8", "format": "onnx", "precision": "int8", "path": path.name,
              "sha256": sha256_file(path), "bytes": path.stat().st_size}
     (run / "export" / "manifest.json").write_text(json.dumps({"artifacts": [entry]}))
-    args = ["benchmark", str(run), "--batch-sizes", "1", "--iterations", "1", "--time-budget", "0", "--warmup", "0"]
+    args = ["benchmark", str(run), "--batch-sizes", "1", "--iterations", "1", "--time-budget", "0", "--warmup", "0", "--rounds", "1"]
     assert CliRunner().invoke(app, args).exit_code == 0
     result = CliRunner().invoke(app, args + ["--max-accuracy-drop", "5"])
     assert result.exit_code == 3

@@ -11,7 +11,8 @@ from vgg_deploy.batches import load_batches, run_batches
 from vgg_deploy.benchmark.accuracy import accuracy_figures
 from vgg_deploy.benchmark.machine import describe_machine, physical_cores
 from vgg_deploy.benchmark.report import terminal_table, write_report
-from vgg_deploy.benchmark.stats import TimingPolicy, measure, summarize
+from vgg_deploy.benchmark.isolated import RowSpec, time_rounds
+from vgg_deploy.benchmark.stats import TimingPolicy, summarize_rounds
 from vgg_deploy.console import console
 from vgg_deploy.data import scan_image_folder
 from vgg_deploy.errors import AccuracyGateError, ArtifactFailedError, DataError, UnavailableError, VggDeployError
@@ -38,58 +39,43 @@ class BenchmarkOptions:
     onnx_backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     eval_batch_size: int = 16
     timing: TimingPolicy = field(default_factory=TimingPolicy)
+    rounds: int = 3  # each row timed in its own process this many times, alternating with the others
 
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
-def _runners_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[Runner]:
+def _rows_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[tuple[Runner, RowSpec]]:
+    """(runner for accuracy here, spec to rebuild it in a timing process) per backend the artifact runs on."""
     path = export_dir / entry["path"]
     if entry["format"] == "tensorrt":
         from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
 
-        return [TensorRTRunner(path, name=entry["name"], precision=entry["precision"])]
-    runners: list[Runner] = []
+        spec = RowSpec("tensorrt", entry["name"], str(path), precision=entry["precision"], device="cuda")
+        return [(TensorRTRunner(path, name=entry["name"], precision=entry["precision"]), spec)]
+    rows: list[tuple[Runner, RowSpec]] = []
     for backend in options.onnx_backends:
+        spec = RowSpec(backend, entry["name"], str(path), precision=entry["precision"], threads=options.threads,
+                       provider=options.provider if backend == "onnxruntime" else "cpu")
         if backend == "onnxruntime":
-            runners.append(OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider,
-                                             threads=options.threads, precision=entry["precision"]))
+            runner = OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider, threads=options.threads,
+                                       precision=entry["precision"])
         else:
             from vgg_deploy.runners.openvino_runner import OpenVINORunner
 
-            runners.append(OpenVINORunner(path, name=entry["name"], threads=options.threads,
-                                          precision=entry["precision"]))
-    return runners
+            runner = OpenVINORunner(path, name=entry["name"], threads=options.threads, precision=entry["precision"])
+        rows.append((runner, spec))
+    return rows
 
 
-def _latency(runner: Runner, pool: np.ndarray, options: BenchmarkOptions) -> tuple[dict, dict, dict]:
-    """(stats per batch, images/s per batch, every timed iteration in ms per batch)."""
-    latency, throughput, samples = {}, {}, {}
-    for batch_size in options.batch_sizes:
-        reps = -(-batch_size // len(pool))
-        batch = np.concatenate([pool] * reps)[:batch_size]
-        prepared = runner.prepare(batch)  # outside the timed region: decoding and host-to-device copies
-
-        def step():
-            runner.run(prepared)
-            runner.synchronize()
-
-        durations = measure(step, options.timing)
-        key = str(batch_size)
-        latency[key], throughput[key] = summarize(durations, batch_size=batch_size)
-        samples[key] = [round(d * 1000.0, 4) for d in durations]
-    return latency, throughput, samples
-
-
-def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names, options) -> dict:
+def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names) -> dict:
+    """Accuracy, in this process; latency is measured afterwards in processes of its own."""
     result = {"artifact": runner.name, **runner.describe(), "status": "ok", "reason": None}
     try:
         with runner:
             logits = run_batches(runner, batches)
             result["accuracy"] = accuracy_figures(logits, labels, baseline_logits if baseline_logits is not None else logits,
                                                   class_names)
-            pool = np.concatenate(batches)[: max(options.batch_sizes)]
-            result["latency_ms"], result["throughput_ips"], result["latency_samples_ms"] = _latency(runner, pool, options)
             return result | {"_logits": logits}
     except UnavailableError as err:
         return result | {"status": "skipped", "reason": str(err)}
@@ -97,6 +83,34 @@ def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names, opt
         return result | {"status": "skipped", "reason": f"missing package: {err.name or err}"}
     except Exception as err:  # noqa: BLE001 - one failing artifact is reported, the others still run
         return result | {"status": "failed", "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+
+
+def _time_rows(rows: list[tuple[dict, RowSpec]], batches, options: BenchmarkOptions) -> None:
+    """Latency for every row whose accuracy ran, each in its own process, in alternating rounds."""
+    import tempfile
+
+    timed = [(result, spec) for result, spec in rows if result["status"] == "ok"]
+    if not timed:
+        return
+    pool = np.concatenate(batches)[: max(options.batch_sizes)]
+    console.print(f"timing {len(timed)} rows, each in its own process, {options.rounds} alternating round(s)")
+
+    def progress(round_index, key, per_batch):
+        medians = ", ".join(f"b{b} {1000 * float(np.median(r[-1])):.2f} ms" for b, r in per_batch.items())
+        console.print(f"  round {round_index + 1}: {key}: {medians}")
+
+    with tempfile.TemporaryDirectory(prefix="vgg-benchmark-") as tmp:
+        timings = time_rounds([spec for _, spec in timed], pool, options.batch_sizes, options.timing,
+                              rounds=options.rounds, workdir=Path(tmp), on_round=progress)
+    for result, spec in timed:
+        per_batch = timings[f"{spec.name} ({spec.kind})"]
+        if isinstance(per_batch, str):
+            result.update(status="failed", reason=f"timing process: {per_batch}")
+            continue
+        result["latency_ms"], result["throughput_ips"], result["latency_samples_ms"] = {}, {}, {}
+        for batch, rounds in per_batch.items():
+            result["latency_ms"][batch], result["throughput_ips"][batch] = summarize_rounds(rounds, batch_size=int(batch))
+            result["latency_samples_ms"][batch] = [round(d * 1000.0, 4) for durations in rounds for d in durations]
 
 
 def _eval_items(run, data: str | None):
@@ -136,19 +150,21 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
 
     results = []
     device = _pytorch_device(options.provider)
+    rows: list[tuple[dict, RowSpec]] = []
     console.print(f"{BASELINE}: PyTorch eager FP32 on {device}")
     baseline = _evaluate(TorchRunner(run.load_model(), name=BASELINE, device=device), batches, labels, None,
-                         run.class_names, options)
+                         run.class_names)
     if baseline["status"] != "ok":
         raise VggDeployError(f"the PyTorch baseline failed: {baseline['reason']}")
     baseline_logits = baseline.pop("_logits")
-    results.append(baseline)
+    rows.append((baseline, RowSpec("torch", BASELINE, str(run.path), threads=threads, device=device)))
     best_precision = "fp16" if device == "cuda" else "fp32"
     console.print(f"{BEST_PYTORCH}: PyTorch channels-last {best_precision.upper()} on {device}")
     best = _evaluate(TorchRunner(run.load_model(), name=BEST_PYTORCH, device=device, precision=best_precision,
-                                 channels_last=True), batches, labels, baseline_logits, run.class_names, options)
+                                 channels_last=True), batches, labels, baseline_logits, run.class_names)
     best.pop("_logits", None)
-    results.append(best)
+    rows.append((best, RowSpec("torch", BEST_PYTORCH, str(run.path), precision=best_precision, threads=threads,
+                               device=device, channels_last=True)))
     for entry in manifest["artifacts"]:
         console.print(f"{entry['name']}: {entry['format']} {entry['precision']}")
         path = export_dir / entry["path"]
@@ -157,22 +173,28 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
                             "status": "failed", "bytes": entry["bytes"],
                             "reason": f"{entry['path']} is missing or differs from the manifest's sha256"})
             continue
-        for runner in _runners_for(entry, export_dir, options):
-            result = _evaluate(runner, batches, labels, baseline_logits, run.class_names, options)
+        for runner, spec in _rows_for(entry, export_dir, options):
+            result = _evaluate(runner, batches, labels, baseline_logits, run.class_names)
             result.pop("_logits", None)
-            results.append(result | {"bytes": entry["bytes"]})
+            rows.append((result | {"bytes": entry["bytes"]}, spec))
+    _time_rows(rows, batches, options)
+    results = [result for result, _ in rows] + results
     for skipped in manifest.get("skipped", []):
         results.append({"artifact": skipped["name"], "backend": "tensorrt", "precision": skipped["name"].split("-")[-1],
                         "status": "skipped", "reason": f"not exported: {skipped['reason']}"})
 
     _add_speedups(results)
+    roofline = _roofline(results, manifest, export_dir, run.preprocessing.image_size, device, threads)
     report = {
         "baseline": BASELINE,
         "best_pytorch": BEST_PYTORCH,
         "run": str(run.path.resolve()),
         "machine": describe_machine(),
         "settings": {"batch_sizes": options.batch_sizes, "threads": threads, "provider": options.provider,
-                     "onnx_backends": options.onnx_backends, "images": int(len(labels)), "data": data_label, "timing": asdict(options.timing), "max_accuracy_drop": options.max_accuracy_drop},
+                     "onnx_backends": options.onnx_backends, "images": int(len(labels)), "data": data_label,
+                     "timing": asdict(options.timing), "rounds": options.rounds, "process_per_row": True,
+                     "max_accuracy_drop": options.max_accuracy_drop},
+        "roofline": roofline,
         "results": results,
     }
     write_report(out, report)
@@ -183,6 +205,25 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
     console.print(f"report: {out / 'report.json'}, {out / 'report.md'}")
     _gate(report, options.max_accuracy_drop)
     return report
+
+
+def _roofline(results: list[dict], manifest: dict, export_dir: Path, image_size: int, device: str,
+              threads: int) -> dict:
+    from vgg_deploy.benchmark import roofline
+
+    fp32 = next((e for e in manifest["artifacts"] if e["format"] == "onnx" and e["precision"] == "fp32"), None)
+    if fp32 is None or not (export_dir / fp32["path"]).is_file():
+        return {"skipped": "no FP32 ONNX artifact to count multiply-adds from"}
+    macs = roofline.graph_macs(export_dir / fp32["path"], image_size)
+    console.print(f"roofline: {macs / 1e9:.3f} G multiply-adds per image; measuring this machine's GEMM peaks")
+    peaks = roofline.measure_peaks(device=device, threads=threads)
+    for result in results:
+        if result["status"] == "ok":
+            on_gpu = result.get("device") == "cuda" or result.get("backend") == "tensorrt" or (
+                result.get("provider") not in (None, "cpu"))
+            result["roofline"] = roofline.row_figures(result, macs_per_image=macs, peaks=peaks,
+                                                      threads=None if on_gpu else threads)
+    return {"macs_per_image": macs, "peaks_gmacs": peaks, "explanation": roofline.EXPLANATION}
 
 
 def _pytorch_device(provider: str) -> str:

@@ -27,7 +27,8 @@ def _fmt(value, spec: str) -> str:
 def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = [str(b) for b in report["settings"]["batch_sizes"]]
     header = ["artifact", "backend", "precision", "status", "top-1", "agree", "max|dlogit|"]
-    header += [f"p50 ms b{b}" for b in batches] + [f"img/s b{batches[-1]}", f"x eager/best b{batches[-1]}", "MB"]
+    header += [f"p50 ms b{b}" for b in batches] + [f"img/s b{batches[-1]}", f"x eager/best b{batches[-1]}",
+                                                    f"% peak b{batches[-1]}", "MB"]
     lines = []
     for r in report["results"]:
         acc = r.get("accuracy") or {}
@@ -37,6 +38,7 @@ def rows(report: dict) -> tuple[list[str], list[list[str]]]:
              _fmt(acc.get("agreement"), ".4f"), _fmt(acc.get("max_abs_logit_diff"), ".3g")]
             + [_latency_cell(r, b) for b in batches]
             + [_fmt(throughput, ".1f"), _speedup_cell(r, batches[-1]),
+               _fmt(((r.get("roofline") or {}).get(batches[-1]) or {}).get("pct_of_peak"), ".0f"),
                _fmt((r.get("bytes") or 0) / 1e6, ".0f") if r.get("bytes") else "-"]
         )
     return header, lines
@@ -65,6 +67,11 @@ def markdown(report: dict) -> str:
         "|" + "---|" * len(header),
     ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
+    roofline = report.get("roofline") or {}
+    if "peaks_gmacs" in roofline:
+        peaks = ", ".join(f"{p} {v['gmacs']:.0f} ({v['through']})" for p, v in roofline["peaks_gmacs"].items())
+        out += ["", f"Roofline: {roofline['macs_per_image'] / 1e9:.3f} G multiply-adds per image; measured GEMM "
+                f"peaks, G multiply-adds/s: {peaks}. {roofline['explanation']}"]
     notes = [f"- {r['artifact']}: {r['status']}: {r['reason']}" for r in report["results"] if r.get("reason")]
     if notes:
         out += ["", *notes]

@@ -59,3 +59,17 @@ def summarize(durations_s: list[float], *, batch_size: int) -> tuple[dict, float
     stats |= {"mean": float(ms.mean()), "iterations": int(ms.size), "too_few_samples_for": too_few}
     throughput = batch_size / (stats["mean"] / 1000.0) if stats["mean"] > 0 else float("inf")
     return stats, throughput
+
+
+def summarize_rounds(rounds: list[list[float]], *, batch_size: int) -> tuple[dict, float]:
+    """Like summarize, over every timed iteration of every round, except that p50 is the median of the
+    per-round medians (each round ran in its own process, in its own slot of the machine's noise), and the
+    per-round medians and their spread (max - min, % of p50) are reported beside it."""
+    stats, _ = summarize([d for durations in rounds for d in durations], batch_size=batch_size)
+    medians = [float(np.median(durations)) * 1000.0 for durations in rounds]
+    stats["p50"] = float(np.median(medians))
+    stats["round_p50"] = [round(m, 4) for m in medians]
+    stats["rounds"] = len(medians)
+    stats["spread_pct"] = round(100.0 * (max(medians) - min(medians)) / stats["p50"], 2) if stats["p50"] > 0 else 0.0
+    throughput = batch_size / (stats["p50"] / 1000.0) if stats["p50"] > 0 else float("inf")
+    return stats, throughput

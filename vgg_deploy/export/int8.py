@@ -36,8 +36,8 @@ KEPT_PRECISION = {"cpu": ("fp32", "onnxruntime/OpenVINO CPU kernels for Conv/Gem
                   "tensorrt": ("fp32", "FP16 for kept layers is not tried yet: the Q/DQ graph keeps them FP32")}
 # On the CPU a kept layer reads the int8-rounded output its producer's integer kernel writes: freeing that
 # input costs the producer its kernel (onnxruntime fuses DQ-Conv-Q only with the output Q): measured at
-# 224 px, fc8 kept cost 1.16x the all-INT8 latency with a float input and 1.06x with the rounded one, fc7
-# 1.72x against 1.06x (benchmarks/README.md, "INT8"). TensorRT's placement has no Q/DQ on op outputs, so its input is float.
+# 224 px, fc7 kept cost 1.72x the all-INT8 latency with a float input and 1.06x with the rounded one
+# (benchmarks/README.md, "INT8"). TensorRT's placement has no Q/DQ on op outputs, so its input is float.
 KEPT_INPUT = {"cpu": "int8-rounded by its producer's integer kernel", "tensorrt": "float"}
 
 
