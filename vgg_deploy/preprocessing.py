@@ -63,15 +63,25 @@ class Preprocessing:
     def eval_transform(self):
         from torchvision.transforms import v2
 
+        return v2.Compose([self.eval_crop(), self.normalize()])
+
+    def eval_crop(self):
+        """The geometric half of eval_transform: PIL image -> uint8 [3, S, S] (a quarter of the float size)."""
+        from torchvision.transforms import v2
+
         return v2.Compose(
             [
                 v2.PILToTensor(),
                 v2.Resize(self.resize, interpolation=self._interpolation_mode(), antialias=True),
                 v2.CenterCrop(self.image_size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(self.mean), std=list(self.std)),
             ]
         )
+
+    def normalize(self):
+        """The numeric half: uint8 [..., 3, S, S] -> normalised float32, on one image or a batch."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))])
 
     def train_transform(self):
         from torchvision.transforms import v2

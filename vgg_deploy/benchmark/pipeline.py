@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_deploy.batches import load_batches, run_batches
+from vgg_deploy.batches import first_images, load_uint8_batches, run_batches
 from vgg_deploy.benchmark.accuracy import accuracy_figures
 from vgg_deploy.benchmark.machine import describe_machine, physical_cores
 from vgg_deploy.benchmark.report import terminal_table, write_report
@@ -92,7 +92,7 @@ def _time_rows(rows: list[tuple[dict, RowSpec]], batches, options: BenchmarkOpti
     timed = [(result, spec) for result, spec in rows if result["status"] == "ok"]
     if not timed:
         return
-    pool = np.concatenate(batches)[: max(options.batch_sizes)]
+    pool = first_images(batches, max(options.batch_sizes))
     console.print(f"timing {len(timed)} rows, each in its own process, {options.rounds} alternating round(s)")
 
     def progress(round_index, key, per_batch):
@@ -143,7 +143,7 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
     options.threads = threads
     torch.set_num_threads(threads)
     items, data_label = _eval_items(run, options.data)
-    batches, labels = load_batches(items, run.preprocessing, batch_size=options.eval_batch_size)
+    batches, labels = load_uint8_batches(items, run.preprocessing, batch_size=options.eval_batch_size)
     if not batches:
         raise DataError(f"no images to evaluate in {data_label}")
     console.print(f"evaluating on {len(labels)} images ({data_label}); {threads} threads; batch sizes {options.batch_sizes}")
