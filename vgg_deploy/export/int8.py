@@ -114,7 +114,13 @@ def build_int8(
     macs = node_macs(fp32_path, image_shape)
     console.print(f"int8: Q/DQ placed for {placement}: {PLACEMENTS[placement]}")
 
+    # Logits of every file the search evaluated, by what it kept: the final file is one of them, and is
+    # not run again for the report's decision figures.
+    logits_by_kept: dict[tuple[str, ...], np.ndarray] = {}
+    built: list[tuple[str, ...]] = [()]
+
     def build(kept: list[str]) -> Path:
+        built[0] = tuple(kept)
         with atomic_path(out) as tmp:
             calibration.quantize_qdq(fp32_path, tmp, ranges_path=cache.ranges_path, method=method,
                                      exclude_nodes=kept, placement=placement,
@@ -122,7 +128,8 @@ def build_int8(
         return out
 
     def decide(path: Path) -> float:
-        return disagreement_points(reference_logits, evaluate(path))
+        logits_by_kept[built[0]] = evaluate(path)
+        return disagreement_points(reference_logits, logits_by_kept[built[0]])
 
     def rank(path: Path) -> list[tuple[str, float]]:
         return calibration.rank_sensitive_nodes(fp32_path, path, calib_batches[:SENSITIVITY_BATCHES],
@@ -144,7 +151,7 @@ def build_int8(
             f"int8 disagrees with FP32 on {result.disagreement:.2f}% of the decision images, beyond "
             f"--max-accuracy-drop {max_accuracy_drop}, even with {len(result.kept)} layer(s) kept out of INT8 "
             f"({', '.join(map(label, result.kept)) or 'none'}); try --calib-method or more --calib-images")
-    decision = compare(reference_logits, evaluate(out), labels)
+    decision = compare(reference_logits, logits_by_kept[tuple(result.kept)], labels)
     if max_accuracy_drop is None and result.disagreement > 1.0:
         console.print(f"int8: warning: disagrees with FP32 on {result.disagreement:.2f}% of the decision images; "
                       "--max-accuracy-drop X keeps the layers that buy the most agreement per cost out of INT8")
