@@ -203,12 +203,16 @@ class TrainingLoop:
                 self.stale_epochs = 0
             else:
                 self.stale_epochs += 1
+            stopping_early = self.stale_epochs >= c.patience and epoch > patience_from
             if dist.is_main:
                 _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
                 if improved:
                     self._save_best(val_stats, epoch)
-                self._save_resume(epoch, optimizer, scheduler)
-            if self.stale_epochs >= c.patience and epoch > patience_from:
+                if epoch < c.epochs and not stopping_early:
+                    # Not after the last epoch: the run finishes a moment later and deletes it, and for a full
+                    # fine-tune it is the model plus two AdamW moments, about 1.6 GB written for nothing.
+                    self._save_resume(epoch, optimizer, scheduler)
+            if stopping_early:
                 console.print(f"early stop: no val top-1 gain for {c.patience} epochs")
                 break
         return self._finish(shards)
