@@ -23,13 +23,14 @@ import torch
 
 import calibration
 from calibration.cost import node_macs
-from vgg_deploy.benchmark.isolated import RowSpec, time_rounds
+from vgg_deploy.benchmark.isolated import time_rounds
 from vgg_deploy.benchmark.machine import describe_machine
 from vgg_deploy.benchmark.stats import TimingPolicy
 from vgg_deploy.export.layer_names import vgg_layer_names
 from vgg_deploy.export.onnx_fp32 import INPUT_NAME, export_fp32
 from vgg_deploy.model import new_vgg16
 from vgg_deploy.preprocessing import Preprocessing
+from vgg_deploy.runners.spec import RunnerSpec
 
 KEPT = ("fc8", "fc7", "fc6", "conv5_3", "conv1_2", "conv1_1")
 
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     variants = build_variants(args.work)
     total_macs = sum(node_macs(args.work / "model.onnx", (3, 224, 224)).values())
-    specs = [RowSpec("onnxruntime", name, str(path), precision="int8", threads=args.threads)
+    specs = [RunnerSpec("onnxruntime", name, str(path), precision="int8", threads=args.threads)
              for name, (path, _) in variants.items()]
     policy = TimingPolicy(warmup_iterations=5, warmup_seconds=3.0, min_iterations=args.iters,
                           max_iterations=args.iters, time_budget_s=0.0)

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("finetune", "export", "benchmark", "sample-data", "demo"):
+    for command in ("finetune", "export", "benchmark", "predict", "sample-data", "demo"):
         assert command in result.output
 
 
@@ -39,6 +39,7 @@ def test_python_dash_m_works_like_the_script():
         (["benchmark", "{tmp}/norun"], "does not exist"),
         (["benchmark", "{tmp}", "--batch-sizes", "1,x"], "--batch-sizes must be"),
         (["benchmark", "{tmp}"], "model.json is missing"),
+        (["predict", "{tmp}/norun", "{tiny}"], "does not exist"),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(tmp_path, tiny_data, args, message, monkeypatch):

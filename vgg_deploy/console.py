@@ -12,7 +12,8 @@ console = Console(highlight=False, markup=False, soft_wrap=True, width=None if s
 error_console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
-def progress_bar() -> Progress:
+def progress_bar(to: Console | None = None) -> Progress:
+    """On `console` by default; commands whose stdout is their result (predict) draw it on stderr."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -21,6 +22,6 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=console,
+        console=to or console,
         transient=True,
     )

@@ -11,56 +11,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from vgg_deploy.benchmark.stats import TimingPolicy, measure
+from vgg_deploy.runners.spec import RunnerSpec, build_runner
 
 
-@dataclass(frozen=True)
-class RowSpec:
-    """Everything a fresh process needs to rebuild one row's runner."""
-
-    kind: str  # torch | onnxruntime | openvino | tensorrt
-    name: str
-    path: str  # the run folder for torch, else the artifact file
-    precision: str = "fp32"
-    threads: int | None = None
-    provider: str = "cpu"
-    device: str = "cpu"
-    channels_last: bool = False
-
-
-def build_runner(spec: RowSpec):
-    if spec.kind == "torch":
-        import torch
-
-        from vgg_deploy.runfolder import open_run
-        from vgg_deploy.runners import TorchRunner
-
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        return TorchRunner(open_run(spec.path).load_model(), name=spec.name, device=spec.device,
-                           precision=spec.precision, channels_last=spec.channels_last)
-    if spec.kind == "onnxruntime":
-        from vgg_deploy.runners import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(spec.path, name=spec.name, provider=spec.provider, threads=spec.threads,
-                                 precision=spec.precision)
-    if spec.kind == "openvino":
-        from vgg_deploy.runners.openvino_runner import OpenVINORunner
-
-        return OpenVINORunner(spec.path, name=spec.name, threads=spec.threads, precision=spec.precision)
-    if spec.kind == "tensorrt":
-        from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(spec.path, name=spec.name, precision=spec.precision)
-    raise ValueError(f"unknown runner kind {spec.kind!r}")
-
-
-def time_in_this_process(spec: RowSpec, pool: np.ndarray, batch_sizes: list[int], timing: TimingPolicy) -> dict:
+def time_in_this_process(spec: RunnerSpec, pool: np.ndarray, batch_sizes: list[int], timing: TimingPolicy) -> dict:
     """{batch: [seconds per timed iteration]} for one row, in the calling process."""
     out = {}
     with build_runner(spec) as runner:
@@ -76,7 +36,7 @@ def time_in_this_process(spec: RowSpec, pool: np.ndarray, batch_sizes: list[int]
     return out
 
 
-def time_rounds(specs: list[RowSpec], pool: np.ndarray, batch_sizes: list[int], timing: TimingPolicy, *,
+def time_rounds(specs: list[RunnerSpec], pool: np.ndarray, batch_sizes: list[int], timing: TimingPolicy, *,
                 rounds: int, workdir: Path, on_round=None) -> dict[str, dict | str]:
     """{row name: {batch: [[seconds, ...] per round]}} or {row name: the error that stopped it}."""
     pool_path = workdir / "pool.npy"
@@ -101,12 +61,12 @@ def time_rounds(specs: list[RowSpec], pool: np.ndarray, batch_sizes: list[int], 
     return results
 
 
-def _suffix(spec: RowSpec) -> str:
+def _suffix(spec: RunnerSpec) -> str:
     return f" ({spec.kind})"
 
 
 def main(argv: list[str]) -> None:
-    spec = RowSpec(**json.loads(argv[0]))
+    spec = RunnerSpec(**json.loads(argv[0]))
     pool = np.load(argv[1])
     batch_sizes = [int(b) for b in argv[2].split(",")]
     timing = TimingPolicy(**json.loads(argv[3]))

@@ -9,17 +9,24 @@ import numpy as np
 
 from vgg_deploy.batches import first_images, load_uint8_batches, run_batches
 from vgg_deploy.benchmark.accuracy import accuracy_figures
+from vgg_deploy.benchmark.isolated import time_rounds
 from vgg_deploy.benchmark.machine import describe_machine, physical_cores
 from vgg_deploy.benchmark.report import terminal_table, write_report
-from vgg_deploy.benchmark.isolated import RowSpec, time_rounds
 from vgg_deploy.benchmark.stats import TimingPolicy, summarize_rounds
 from vgg_deploy.console import console
 from vgg_deploy.data import scan_image_folder
-from vgg_deploy.errors import AccuracyGateError, ArtifactFailedError, DataError, UnavailableError, VggDeployError
+from vgg_deploy.errors import (
+    AccuracyGateError,
+    ArtifactFailedError,
+    DataError,
+    UnavailableError,
+    VggDeployError,
+)
 from vgg_deploy.export.manifest import read_manifest
 from vgg_deploy.fileio import check_writable_dir, sha256_file
 from vgg_deploy.runfolder import open_run
 from vgg_deploy.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from vgg_deploy.runners.spec import RunnerSpec
 
 BASELINE = "pytorch"
 # PyTorch as a user who tunes it runs it: channels-last FP32 on the CPU (about 1.4x eager NCHW on this
@@ -45,17 +52,17 @@ class BenchmarkOptions:
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
-def _rows_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[tuple[Runner, RowSpec]]:
+def _rows_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[tuple[Runner, RunnerSpec]]:
     """(runner for accuracy here, spec to rebuild it in a timing process) per backend the artifact runs on."""
     path = export_dir / entry["path"]
     if entry["format"] == "tensorrt":
         from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
 
-        spec = RowSpec("tensorrt", entry["name"], str(path), precision=entry["precision"], device="cuda")
+        spec = RunnerSpec("tensorrt", entry["name"], str(path), precision=entry["precision"], device="cuda")
         return [(TensorRTRunner(path, name=entry["name"], precision=entry["precision"]), spec)]
-    rows: list[tuple[Runner, RowSpec]] = []
+    rows: list[tuple[Runner, RunnerSpec]] = []
     for backend in options.onnx_backends:
-        spec = RowSpec(backend, entry["name"], str(path), precision=entry["precision"], threads=options.threads,
+        spec = RunnerSpec(backend, entry["name"], str(path), precision=entry["precision"], threads=options.threads,
                        provider=options.provider if backend == "onnxruntime" else "cpu")
         if backend == "onnxruntime":
             runner = OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider, threads=options.threads,
@@ -85,7 +92,7 @@ def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names) -> 
         return result | {"status": "failed", "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
 
 
-def _time_rows(rows: list[tuple[dict, RowSpec]], batches, options: BenchmarkOptions) -> None:
+def _time_rows(rows: list[tuple[dict, RunnerSpec]], batches, options: BenchmarkOptions) -> None:
     """Latency for every row whose accuracy ran, each in its own process, in alternating rounds."""
     import tempfile
 
@@ -150,20 +157,20 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
 
     results = []
     device = _pytorch_device(options.provider)
-    rows: list[tuple[dict, RowSpec]] = []
+    rows: list[tuple[dict, RunnerSpec]] = []
     console.print(f"{BASELINE}: PyTorch eager FP32 on {device}")
     baseline = _evaluate(TorchRunner(run.load_model(), name=BASELINE, device=device), batches, labels, None,
                          run.class_names)
     if baseline["status"] != "ok":
         raise VggDeployError(f"the PyTorch baseline failed: {baseline['reason']}")
     baseline_logits = baseline.pop("_logits")
-    rows.append((baseline, RowSpec("torch", BASELINE, str(run.path), threads=threads, device=device)))
+    rows.append((baseline, RunnerSpec("torch", BASELINE, str(run.path), threads=threads, device=device)))
     best_precision = "fp16" if device == "cuda" else "fp32"
     console.print(f"{BEST_PYTORCH}: PyTorch channels-last {best_precision.upper()} on {device}")
     best = _evaluate(TorchRunner(run.load_model(), name=BEST_PYTORCH, device=device, precision=best_precision,
                                  channels_last=True), batches, labels, baseline_logits, run.class_names)
     best.pop("_logits", None)
-    rows.append((best, RowSpec("torch", BEST_PYTORCH, str(run.path), precision=best_precision, threads=threads,
+    rows.append((best, RunnerSpec("torch", BEST_PYTORCH, str(run.path), precision=best_precision, threads=threads,
                                device=device, channels_last=True)))
     for entry in manifest["artifacts"]:
         console.print(f"{entry['name']}: {entry['format']} {entry['precision']}")
@@ -191,7 +198,7 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
         "run": str(run.path.resolve()),
         "machine": describe_machine(),
         "settings": {"batch_sizes": options.batch_sizes, "threads": threads, "provider": options.provider,
-                     "onnx_backends": options.onnx_backends, "images": int(len(labels)), "data": data_label,
+                     "onnx_backends": options.onnx_backends, "images": len(labels), "data": data_label,
                      "timing": asdict(options.timing), "rounds": options.rounds, "process_per_row": True,
                      "max_accuracy_drop": options.max_accuracy_drop},
         "roofline": roofline,
