@@ -199,3 +199,101 @@ def test_runner_module_imports_without_tensorrt():
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(ImportError):
             tensorrt_runner.TensorRTRunner("x.engine").activate()
+
+
+def test_batch_profile_from_the_engine_checks_and_splits_batches():
+    """What the TensorRT runner does with the engine's profile, without TensorRT: refuse a batch outside it
+    with the fix named, and split a large evaluation batch into pieces that fit."""
+    profile = meta.BatchProfile.from_engine_shapes([(2, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32)])
+    assert profile == meta.BatchProfile(2, 8, 16)
+    profile.check((16, 3, 32, 32), "m.engine")
+    for bad in (1, 17):
+        with pytest.raises(UnavailableError, match=f"m.engine runs batches of 2 to 16 images .*not {bad}"):
+            profile.check((bad, 3, 32, 32), "m.engine")
+    for count in (2, 16, 17, 33, 40):
+        parts = profile.chunks(count)
+        sizes = [p.stop - p.start for p in parts]
+        assert sum(sizes) == count and all(2 <= s <= 16 for s in sizes), (count, sizes)
+        assert [p.start for p in parts] == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert [p.stop - p.start for p in profile.chunks(17)] == [15, 2]
+
+
+def test_engines_are_checked_against_pytorch_at_export(tmp_path, monkeypatch):
+    """The engine check with a stand-in runner (no TensorRT here): FP16 within FP16's tolerance or the file
+    goes; INT8 figures recorded, and the file refused beyond --max-accuracy-drop."""
+    import numpy as np
+
+    from vgg_deploy.export import pipeline
+    from vgg_deploy.runners import tensorrt_runner
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((40, 4)).astype(np.float32) * 5
+    labels = reference.argmax(1)
+    served = {}
+
+    class StandIn(tensorrt_runner.TensorRTRunner):
+        def _activate(self):
+            pass
+
+        def _deactivate(self):
+            pass
+
+        def infer(self, batch):
+            return served["logits"][batch[:, 0].astype(int)]
+
+    monkeypatch.setattr(tensorrt_runner, "TensorRTRunner", StandIn)
+    batches = [np.arange(i, i + 8, dtype=np.float32)[:, None].repeat(3, 1) for i in range(0, 40, 8)]
+    engine = tmp_path / "model.fp16.engine"
+
+    def check(name, logits, **options):
+        engine.write_bytes(b"engine")
+        served["logits"] = logits
+        return pipeline._engine_parity(name, engine, reference, batches, labels, pipeline.ExportOptions(**options))
+
+    figures = check("trt-fp16", reference + 1e-3)
+    assert figures["top1_agreement"] == 1.0 and engine.is_file()
+    with pytest.raises(ExportError, match="trt-fp16 is beyond parity tolerance"):
+        check("trt-fp16", reference[::-1].copy())
+    assert not engine.is_file()
+    flipped = reference.copy()
+    flipped[:4] = -flipped[:4]  # 4 of 40 predictions change: 10 points lost
+    assert check("trt-int8", flipped)["drop_points"] == pytest.approx(10.0)
+    with pytest.raises(ExportError, match="trt-int8 loses 10.00 points"):
+        check("trt-int8", flipped, max_accuracy_drop=5.0)
+    assert not engine.is_file()
+
+
+def test_engine_runner_infer_fits_any_batch_to_the_profile():
+    """TensorRTRunner.infer itself (its engine calls stood in): a batch above the profile is split, one
+    below it padded, and every call the engine sees lies inside the profile."""
+    import numpy as np
+
+    from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
+
+    seen = []
+
+    class StandIn(TensorRTRunner):
+        def _activate(self):
+            self.profile = meta.BatchProfile(4, 8, 16)
+
+        def _deactivate(self):
+            pass
+
+        def prepare(self, batch):
+            self.profile.check(batch.shape, "m.engine")
+            seen.append(len(batch))
+            return batch
+
+        def run(self, prepared):
+            return prepared.reshape(len(prepared), -1).sum(axis=1, keepdims=True)
+
+        def to_numpy(self, output):
+            return np.asarray(output)
+
+    rng = np.random.default_rng(0)
+    with StandIn("m.engine") as runner:
+        for count in (3, 16, 37):
+            batch = rng.standard_normal((count, 3, 2, 2)).astype(np.float32)
+            np.testing.assert_allclose(runner.infer(batch), batch.reshape(count, -1).sum(axis=1, keepdims=True),
+                                       rtol=1e-6)
+    assert seen == [4, 16, 16, 16, 5] and all(4 <= n <= 16 for n in seen)

@@ -107,3 +107,14 @@ def test_artifact_and_backend_are_checked(tmp_path):
     (tmp_path / "export" / "model.int8.onnx").write_bytes(b"changed after export")
     with pytest.raises(RunFolderError, match="differs from the manifest"):
         choose_artifact(tmp_path, manifest, artifact="onnx-int8", backend=None)
+
+
+def test_engines_pass_only_on_their_export_check():
+    from vgg_deploy.predict.choice import passed_at_export
+
+    engine = {"format": "tensorrt", "precision": "fp16"}
+    assert not passed_at_export(engine)[0]
+    assert passed_at_export({**engine, "parity": {"top1_agreement": 1.0}})[0]
+    int8 = {"format": "tensorrt", "precision": "int8", "parity": {"drop_points": 0.4, "max_accuracy_drop": None}}
+    assert passed_at_export(int8) == (False, "test drop 0.40 points recorded, but no --max-accuracy-drop gated it")
+    assert passed_at_export({**int8, "parity": {"drop_points": 0.4, "max_accuracy_drop": 1.0}})[0]

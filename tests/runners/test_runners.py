@@ -15,8 +15,25 @@ def test_onnxruntime_runner_matches_a_plain_session(tiny_onnx, tiny_batches):
     with OnnxRuntimeRunner(tiny_onnx, threads=1) as runner:
         assert runner.is_active
         np.testing.assert_allclose(runner.infer(tiny_batches[0]), expected, rtol=1e-5, atol=1e-6)
-        assert runner.describe() == {"backend": "onnxruntime", "precision": "fp32", "provider": "cpu", "threads": 1}
+        assert runner.describe() == {"backend": "onnxruntime", "precision": "fp32", "provider": "cpu", "threads": 1,
+                                     "io_binding": False}
     assert not runner.is_active
+
+
+def test_io_binding_gives_the_same_logits_and_reruns_the_bound_input(tiny_onnx, tiny_batches):
+    """The GPU providers' path (input bound on the device in prepare, output kept there until to_numpy),
+    exercised on the CPU device, where it must equal a plain session.run."""
+    expected = ort.InferenceSession(str(tiny_onnx)).run(None, {"input": tiny_batches[0]})[0]
+    with OnnxRuntimeRunner(tiny_onnx, threads=1, io_binding=True) as runner:
+        prepared = runner.prepare(tiny_batches[0])
+        first = runner.to_numpy(runner.run(prepared))
+        again = runner.to_numpy(runner.run(prepared))  # what a timing loop does: the same bound input
+        np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_allclose(runner.infer(tiny_batches[1]), ort.InferenceSession(str(tiny_onnx)).run(
+            None, {"input": tiny_batches[1]})[0], rtol=1e-5, atol=1e-6)
+        assert runner.describe()["io_binding"] is True
+    assert OnnxRuntimeRunner(tiny_onnx, provider="cuda").io_binding  # on by default where it saves copies
 
 
 def test_torch_runner_interface(tiny_batches):

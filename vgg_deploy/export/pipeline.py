@@ -151,7 +151,9 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
             )
             artifacts[name] = mf.artifact_entry(export_dir, name, **info)
         else:
-            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options, source_entry=artifacts[SOURCE[name]])
+            artifacts[name] = _build_trt(name, export_dir, pp.image_size, options, source_entry=artifacts[SOURCE[name]],
+                                         check=lambda name, path: _engine_parity(name, path, reference, test_batches,
+                                                                                 test_labels, options))
 
     entries = {**{k: v for k, v in kept.items() if k not in artifacts}, **artifacts}
     manifest = {
@@ -205,9 +207,41 @@ def _checked_parity(name, precision, path: Path, reference, logits, labels) -> d
     return parity.to_dict()
 
 
-def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_entry: dict) -> dict:
+def _engine_parity(name: str, path: Path, reference, test_batches, test_labels, options: ExportOptions) -> dict:
+    """An engine is checked against PyTorch on test like the ONNX files: FP16 within FP16's tolerance, INT8
+    within --max-accuracy-drop when one is given (its figures are recorded either way)."""
+    from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
+
+    precision = mf.PRECISION[name]
+    with TensorRTRunner(path, name=name, precision=precision) as runner:
+        logits = run_batches(runner, test_batches)
+    if precision != "int8":
+        return _checked_parity(name, precision, path, reference, logits, test_labels)
+    parity = compare(reference, logits, test_labels)
+    drop = 100.0 * (parity.reference_top1 - parity.top1)
+    console.print(f"{name}: against PyTorch: {parity.summary()}")
+    problem = None
+    if parity.non_finite:
+        problem = f"{name} gives {parity.non_finite} non-finite logits"
+    elif options.max_accuracy_drop is not None and drop > options.max_accuracy_drop:
+        problem = (f"{name} loses {drop:.2f} points of test top-1 against PyTorch, beyond --max-accuracy-drop "
+                   f"{options.max_accuracy_drop}")
+    if problem:
+        path.unlink(missing_ok=True)
+        raise ExportError(problem)
+    return {**parity.to_dict(), "drop_points": drop, "max_accuracy_drop": options.max_accuracy_drop}
+
+
+def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_entry: dict,
+               check) -> dict:
     from vgg_deploy.export.tensorrt_build import build_engine
-    from vgg_deploy.export.tensorrt_meta import detect_environment, make_sidecar, timing_cache_name, write_sidecar
+    from vgg_deploy.export.tensorrt_meta import (
+        detect_environment,
+        make_sidecar,
+        sidecar_path,
+        timing_cache_name,
+        write_sidecar,
+    )
 
     env = detect_environment()
     source = export_dir / mf.FILENAME[SOURCE[name]]
@@ -226,5 +260,10 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
     sidecar = make_sidecar(env=env, precision=mf.PRECISION[name], profile=options.profile, source_onnx=source.name,
                            source_sha256=source_sha256, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
                            image_size=image_size, strongly_typed=True, workspace_bytes=workspace)
-    write_sidecar(engine, sidecar)
-    return mf.artifact_entry(export_dir, name, engine=sidecar)
+    write_sidecar(engine, sidecar)  # before the check: the runner refuses an engine without one
+    try:
+        figures = check(name, engine)
+    except ExportError:
+        sidecar_path(engine).unlink(missing_ok=True)
+        raise
+    return mf.artifact_entry(export_dir, name, engine=sidecar, parity=figures)

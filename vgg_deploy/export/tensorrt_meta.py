@@ -33,6 +33,28 @@ class BatchProfile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_engine_shapes(cls, shapes) -> BatchProfile:
+        """From what the engine reports for its input (min, opt, max shapes, batch first)."""
+        return cls(*(int(shape[0]) for shape in shapes))
+
+    def check(self, shape: tuple[int, ...], engine: str) -> None:
+        """A batch outside the profile fails inside TensorRT with a bare `False`; say what fits instead."""
+        if not self.min <= shape[0] <= self.max:
+            raise UnavailableError(f"{engine} runs batches of {self.min} to {self.max} images (its optimization "
+                                   f"profile), not {shape[0]}; rebuild it with --min-batch/--max-batch")
+
+    def chunks(self, count: int) -> list[slice]:
+        """Consecutive slices of at most `max` items, none below `min` where that is possible, covering `count`."""
+        slices, start = [], 0
+        while start < count:
+            stop = min(start + self.max, count)
+            if 0 < count - stop < self.min:  # the tail would fall below the profile: shorten this chunk
+                stop = count - self.min
+            slices.append(slice(start, stop))
+            start = stop
+        return slices
+
 
 @dataclass(frozen=True)
 class TensorRTEnvironment:

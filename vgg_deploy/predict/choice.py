@@ -36,10 +36,15 @@ def _format_of(name: str, entries: dict[str, dict]) -> str:
 
 
 def passed_at_export(entry: dict) -> tuple[bool, str]:
-    """(passed, why) from what export recorded. FP32/FP16 files exist only if their parity passed; INT8 is
-    judged on the decision images (never on test); engines were not checked against PyTorch at export."""
+    """(passed, why) from what export recorded. FP32/FP16 files exist only if their parity passed; ONNX INT8
+    is judged on the decision images (never on test); an INT8 engine passed only if a budget gated it."""
     if entry["format"] == "tensorrt":
-        return False, "no accuracy check at export"
+        parity = entry.get("parity")
+        if parity is None:
+            return False, "no accuracy check at export"
+        if entry["precision"] == "int8" and parity.get("max_accuracy_drop") is None:
+            return False, f"test drop {parity['drop_points']:.2f} points recorded, but no --max-accuracy-drop gated it"
+        return True, "checked against PyTorch at export"
     if entry["precision"] != "int8":
         return ("parity" in entry), "parity with PyTorch checked at export"
     decision = entry.get("decision") or {}

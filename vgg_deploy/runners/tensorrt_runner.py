@@ -1,7 +1,10 @@
 """TensorRT engines with torch CUDA tensors as I/O buffers.
 
-set_tensor_address + execute_async_v3 on torch's current stream: no pycuda (NVIDIA's samples dropped
-it in 10.13/10.14, and its context clashes with torch's, NVIDIA/TensorRT#4608).
+set_tensor_address + execute_async_v3 on a stream of the runner's own: no pycuda (NVIDIA's samples
+dropped it in 10.13/10.14, and its context clashes with torch's, NVIDIA/TensorRT#4608). The input shape
+is set, and the output allocated, once per batch shape, not on every call, so a timed `run` is the
+engine alone; batches are checked against the engine's optimization profile, and `infer` splits a
+larger one into pieces that fit.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vgg_deploy.export.tensorrt_meta import BatchProfile
 from vgg_deploy.runners.base import Runner
 
 
@@ -52,26 +56,58 @@ class TensorRTRunner(Runner):
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self.output_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
+        self.profile = BatchProfile.from_engine_shapes(self.engine.get_tensor_profile_shape(self.input_name, 0))
+        self.stream = torch.cuda.Stream()
+        self.input_shape: tuple[int, ...] | None = None
+        self.outputs: dict[tuple[int, ...], Any] = {}  # one output buffer per input shape, reused
 
     def _deactivate(self) -> None:
-        self.context = self.engine = self.runtime = None
+        self.context = self.engine = self.runtime = self.stream = None
+        self.outputs = {}
 
     def prepare(self, batch: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        self.profile.check(batch.shape, self.engine_path.name)
+        on_device = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        self.stream.wait_stream(self.torch.cuda.current_stream())  # the copy ran on torch's stream
+        on_device.record_stream(self.stream)  # so the allocator does not reuse it while the engine reads it
+        return on_device
+
+    def _set_shape(self, shape: tuple[int, ...]) -> Any:
+        if shape != self.input_shape:
+            if not self.context.set_input_shape(self.input_name, shape):
+                raise RuntimeError(f"TensorRT refused input shape {shape} for {self.engine_path.name} "
+                                   f"(profile: batch {self.profile.min}-{self.profile.max})")
+            self.input_shape = shape
+        if shape not in self.outputs:
+            with self.torch.cuda.stream(self.stream):
+                self.outputs[shape] = self.torch.empty(tuple(self.context.get_tensor_shape(self.output_name)),
+                                                       dtype=self.output_dtype, device="cuda")
+        return self.outputs[shape]
 
     def run(self, prepared: Any) -> Any:
-        self.context.set_input_shape(self.input_name, tuple(prepared.shape))
-        output = self.torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
-                                  device=prepared.device)
+        """The output buffer is reused by the next run of the same shape: read it (to_numpy) before then."""
+        output = self._set_shape(tuple(prepared.shape))
         self.context.set_tensor_address(self.input_name, prepared.data_ptr())
         self.context.set_tensor_address(self.output_name, output.data_ptr())
-        stream = self.torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT execution failed for {self.engine_path.name}")
         return output
 
     def synchronize(self) -> None:
-        self.torch.cuda.synchronize()
+        self.stream.synchronize()
 
     def to_numpy(self, output: Any) -> np.ndarray:
+        self.stream.synchronize()
         return output.float().cpu().numpy()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} used before activate()")
+        pieces = []
+        for part in self.profile.chunks(len(batch)):
+            piece = batch[part]
+            short = self.profile.min - len(piece)
+            if short > 0:  # fewer images than the profile's minimum: pad with copies, drop their logits
+                piece = np.concatenate([piece, np.repeat(piece[-1:], short, axis=0)])
+            pieces.append(Runner.infer(self, piece)[: part.stop - part.start])
+        return np.concatenate(pieces)
