@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from vgg_deploy.errors import UnavailableError
+
 pytestmark = pytest.mark.gpu
 
 
@@ -71,8 +73,28 @@ def test_tensorrt_engine_round_trip(tmp_path):
     write_sidecar(engine, make_sidecar(env=env, precision="fp32", profile=BatchProfile(1, 2, 4), source_onnx="m.onnx",
                                        source_sha256="0", input_name="input", output_name="logits", image_size=32,
                                        strongly_typed=True, workspace_bytes=1 << 30))
-    batch = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    batch = np.random.default_rng(0).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with TensorRTRunner(engine, precision="fp32") as runner:
-        out = runner.infer(batch)
+        out = runner.infer(batch)  # 7 images through a profile of at most 4: split into 4 + 3
+        with pytest.raises(UnavailableError, match="runs batches of 1 to 4"):
+            runner.prepare(batch)
+        prepared = runner.prepare(batch[:2])
+        first = runner.to_numpy(runner.run(prepared))
+        np.testing.assert_array_equal(first, runner.to_numpy(runner.run(prepared)))  # the timing loop's reuse
     reference = model(torch.from_numpy(batch)).detach().numpy()
+    assert out.shape == reference.shape
     assert np.abs(out - reference).max() < 1e-2 * max(1.0, np.ptp(reference))
+
+
+def test_onnxruntime_cuda_io_binding_follows_the_cpu(tiny_onnx, tiny_batches):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (onnxruntime-gpu)")
+    from vgg_deploy.runners import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(tiny_onnx) as cpu, OnnxRuntimeRunner(tiny_onnx, provider="cuda") as cuda:
+        assert cuda.io_binding
+        prepared = cuda.prepare(tiny_batches[0])
+        out = cuda.to_numpy(cuda.run(prepared))
+        np.testing.assert_allclose(out, cpu.infer(tiny_batches[0]), rtol=1e-3, atol=1e-4)
