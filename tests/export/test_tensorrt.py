@@ -297,3 +297,61 @@ def test_engine_runner_infer_fits_any_batch_to_the_profile():
             np.testing.assert_allclose(runner.infer(batch), batch.reshape(count, -1).sum(axis=1, keepdims=True),
                                        rtol=1e-6)
     assert seen == [4, 16, 16, 16, 5] and all(4 <= n <= 16 for n in seen)
+
+
+def test_engine_runner_sets_each_shape_once_and_reuses_its_output():
+    """TensorRTRunner.run and its per-shape setup against a stand-in execution context (CPU tensors for
+    device buffers): set_input_shape only when the shape changes and its answer checked, one output buffer
+    per shape, the runner's own stream handed to execute_async_v3."""
+    import contextlib
+
+    import torch
+
+    from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
+
+    class Context:
+        def __init__(self):
+            self.calls, self.shape, self.accept, self.execute_ok = [], None, True, True
+
+        def set_input_shape(self, name, shape):
+            self.calls.append(("set_input_shape", shape))
+            self.shape = shape
+            return self.accept
+
+        def get_tensor_shape(self, name):
+            return (self.shape[0], 3)
+
+        def set_tensor_address(self, name, address):
+            self.calls.append(("set_tensor_address", name))
+
+        def execute_async_v3(self, stream):
+            self.calls.append(("execute_async_v3", stream))
+            return self.execute_ok
+
+    class StandIn(TensorRTRunner):
+        def _activate(self):
+            self.torch = types.SimpleNamespace(
+                empty=lambda shape, dtype, device: torch.empty(shape, dtype=dtype),
+                cuda=types.SimpleNamespace(stream=lambda stream: contextlib.nullcontext()))
+            self.context, self.stream = Context(), types.SimpleNamespace(cuda_stream=7, synchronize=lambda: None)
+            self.profile, self.input_name, self.output_name = meta.BatchProfile(1, 4, 8), "input", "logits"
+            self.output_dtype, self.input_shape, self.outputs = torch.float32, None, {}
+
+        def _deactivate(self):
+            pass
+
+    with StandIn("m.engine") as runner:
+        four, two = torch.zeros(4, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+        first = runner.run(four)
+        assert runner.run(four) is first and first.shape == (4, 3)
+        assert runner.run(two).shape == (2, 3)
+        assert runner.run(four) is first  # the shape is set again, the buffer is not reallocated
+        shapes = [args[0] for name, *args in runner.context.calls if name == "set_input_shape"]
+        assert shapes == [(4, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)]
+        assert {args[0] for name, *args in runner.context.calls if name == "execute_async_v3"} == {7}
+        runner.context.accept = False
+        with pytest.raises(RuntimeError, match=r"refused input shape \(3, 3, 8, 8\) for m.engine"):
+            runner.run(torch.zeros(3, 3, 8, 8))
+        runner.context.accept, runner.context.execute_ok = True, False
+        with pytest.raises(RuntimeError, match="execution failed for m.engine"):
+            runner.run(four)

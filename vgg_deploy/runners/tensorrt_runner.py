@@ -75,6 +75,7 @@ class TensorRTRunner(Runner):
     def _set_shape(self, shape: tuple[int, ...]) -> Any:
         if shape != self.input_shape:
             if not self.context.set_input_shape(self.input_name, shape):
+                self.input_shape = None  # the context's state is unknown now: set it again next time
                 raise RuntimeError(f"TensorRT refused input shape {shape} for {self.engine_path.name} "
                                    f"(profile: batch {self.profile.min}-{self.profile.max})")
             self.input_shape = shape
