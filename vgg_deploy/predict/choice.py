@@ -58,14 +58,16 @@ def passed_at_export(entry: dict) -> tuple[bool, str]:
 
 
 def _measured_latency(run_dir: Path) -> dict[tuple[str, str], float]:
-    """{(artifact, backend): ms per image at the smallest batch} from the run's benchmark report, if any."""
+    """{(artifact, backend): ms per image at the smallest batch} from the run's benchmark report, if any; only
+    CPU rows, since predict runs ONNX files on the CPU (a report made with --provider cuda timed GPU rows)."""
     path = run_dir / "benchmark" / "report.json"
     if not path.is_file():
         return {}
     figures = {}
     for row in read_json(path).get("results", []):
         latency = row.get("latency_ms") or {}
-        if row.get("status") != "ok" or not latency:
+        on_gpu = row.get("device") == "cuda" or row.get("provider") not in (None, "cpu")
+        if row.get("status") != "ok" or not latency or (on_gpu and row.get("backend") != "tensorrt"):
             continue
         batch = min(latency, key=int)
         figures[(row["artifact"], row["backend"])] = latency[batch]["p50"] / int(batch)
