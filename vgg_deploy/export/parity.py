@@ -26,6 +26,10 @@ class Parity:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_drop(self) -> dict:
+        """to_dict plus the top-1 lost against the reference, in points (needs labels)."""
+        return {**self.to_dict(), "drop_points": 100.0 * (self.reference_top1 - self.top1)}
+
     def within(self, precision: str) -> bool:
         min_agreement, rel_diff = TOLERANCES[precision]
         return (

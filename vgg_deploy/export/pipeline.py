@@ -107,8 +107,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
             return run_batches(runner, batches)
 
     def test_figures(path: Path) -> dict:
-        parity = compare(reference, ort_logits(path), test_labels)
-        return {**parity.to_dict(), "drop_points": 100.0 * (parity.reference_top1 - parity.top1)}
+        return compare(reference, ort_logits(path), test_labels).with_drop()
 
     calib_cache: list[np.ndarray] = []
 
@@ -218,18 +217,18 @@ def _engine_parity(name: str, path: Path, reference, test_batches, test_labels, 
     if precision != "int8":
         return _checked_parity(name, precision, path, reference, logits, test_labels)
     parity = compare(reference, logits, test_labels)
-    drop = 100.0 * (parity.reference_top1 - parity.top1)
+    figures = parity.with_drop()
     console.print(f"{name}: against PyTorch: {parity.summary()}")
     problem = None
     if parity.non_finite:
         problem = f"{name} gives {parity.non_finite} non-finite logits"
-    elif options.max_accuracy_drop is not None and drop > options.max_accuracy_drop:
-        problem = (f"{name} loses {drop:.2f} points of test top-1 against PyTorch, beyond --max-accuracy-drop "
-                   f"{options.max_accuracy_drop}")
+    elif options.max_accuracy_drop is not None and figures["drop_points"] > options.max_accuracy_drop:
+        problem = (f"{name} loses {figures['drop_points']:.2f} points of test top-1 against PyTorch, beyond "
+                   f"--max-accuracy-drop {options.max_accuracy_drop}")
     if problem:
         path.unlink(missing_ok=True)
         raise ExportError(problem)
-    return {**parity.to_dict(), "drop_points": drop, "max_accuracy_drop": options.max_accuracy_drop}
+    return {**figures, "max_accuracy_drop": options.max_accuracy_drop}
 
 
 def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_entry: dict,

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from vgg_deploy.export.tensorrt_meta import BatchProfile
 from vgg_deploy.runners.base import Runner
 
 
@@ -43,7 +42,7 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        from vgg_deploy.export.tensorrt_meta import check_compatible, detect_environment
+        from vgg_deploy.export.tensorrt_meta import BatchProfile, check_compatible, detect_environment
 
         check_compatible(self.engine_path, detect_environment())
         self.trt, self.torch = trt, torch
