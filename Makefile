@@ -11,8 +11,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# nvidia-pytriton without its dependencies: serve runs only the tritonserver binary it carries (see pyproject.toml).
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps 'nvidia-pytriton>=0.5'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vgg_deploy.cli import benchmark, demo, export, finetune, predict, sample_data
+from vgg_deploy.cli import benchmark, demo, export, finetune, predict, sample_data, serve
 
 app = typer.Typer(
     name="vgg-deploy",
@@ -17,6 +17,7 @@ app.command("finetune")(finetune.finetune_command)
 app.command("export")(export.export_command)
 app.command("benchmark")(benchmark.benchmark_command)
 app.command("predict")(predict.predict_command)
+app.command("serve")(serve.serve_command)
 app.command("sample-data")(sample_data.sample_data_command)
 app.command("demo")(demo.demo_command)
 

@@ -35,17 +35,29 @@ def model_name(artifact: str, prefix: str = "vgg16") -> str:
 
 
 def build_config(entry: dict, *, name: str, input_name: str, output_name: str, image_size: int, num_classes: int,
-                 max_batch_size: int, preferred_batch_sizes: list[int]):
+                 max_batch_size: int, preferred_batch_sizes: list[int], backend: str | None = None,
+                 queue_delay_us: int | None = QUEUE_DELAY_US, parameters: dict[str, str] | None = None):
+    """Triton's ModelConfig for one artifact. `backend` defaults to the artifact's own (onnxruntime, tensorrt);
+    "python" is the CPU model `vgg-deploy serve` runs. `queue_delay_us=None` turns dynamic batching off."""
     mc = require_model_config()
-    backend, filename = BACKEND[entry["format"]]
-    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size, default_model_filename=filename)
+    own_backend, filename = BACKEND[entry["format"]]
+    backend = backend or own_backend
+    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
+    if backend == own_backend:
+        config.default_model_filename = filename
     config.input.add(name=input_name, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
     config.output.add(name=output_name, data_type=mc.TYPE_FP32, dims=[num_classes],
                       label_filename=LABELS)
-    config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in preferred_batch_sizes if b <= max_batch_size}))
-    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    if queue_delay_us is not None:
+        config.dynamic_batching.preferred_batch_size.extend(
+            sorted({b for b in preferred_batch_sizes if b <= max_batch_size}))
+        config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     if entry["format"] == "tensorrt":
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+    elif backend == "python":
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     return config
 
 
@@ -67,7 +79,7 @@ def write_triton_repo(export_dir: Path, manifest: dict, repo: Path, *, max_batch
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
         try:
             (staging / "1").mkdir()
-            _link_or_copy(export_dir / entry["path"], staging / "1" / BACKEND[entry["format"]][1])
+            link_or_copy(export_dir / entry["path"], staging / "1" / BACKEND[entry["format"]][1])
             (staging / LABELS).write_text("\n".join(class_names) + "\n")
             (staging / "config.pbtxt").write_text(text_format.MessageToString(config))
             os.chmod(staging, 0o755)
@@ -80,7 +92,7 @@ def write_triton_repo(export_dir: Path, manifest: dict, repo: Path, *, max_batch
     return written
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)  # same file system: no second copy of a 500 MB model
     except OSError:
