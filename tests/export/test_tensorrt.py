@@ -355,3 +355,62 @@ def test_engine_runner_sets_each_shape_once_and_reuses_its_output():
         runner.context.accept, runner.context.execute_ok = True, False
         with pytest.raises(RuntimeError, match="execution failed for m.engine"):
             runner.run(four)
+
+
+def test_the_int8_engine_source_runs_its_float_parts_in_fp16(exported_run, tmp_path):
+    """The graph fed to TensorRT for trt-int8: INT8 weights and Q/DQ in front of the quantized ops, every other
+    float part FP16 (scales, biases, activations between the INT8 ops), FP32 only at the graph's edges and
+    for a node FP16 would overflow; onnxruntime runs it and it still agrees with FP32."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from calibration.quantize import node_names
+    from vgg_deploy.export.int8 import write_tensorrt_qdq
+    from vgg_deploy.export.manifest import read_manifest
+    from vgg_deploy.export.parity import compare
+
+    export_dir = exported_run / "export"
+    entry = next(e for e in read_manifest(export_dir)["artifacts"] if e["name"] == "onnx-int8")
+    fp32 = export_dir / "model.onnx"
+    overflowing = node_names(fp32)[0]  # as if conv1_1 overflowed FP16
+    out, info = write_tensorrt_qdq(fp32, tmp_path / "trt-source.onnx", int8_entry=entry,
+                                   cache_dir=export_dir / "calibration", keep_fp32_nodes=[overflowing])
+    assert info["float_parts"] == "fp16" and info["kept_fp32_nodes"] == [overflowing]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trt-source.onnx"]  # no intermediate left behind
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(out)))
+    graph = proto.graph
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types |= {i.name: i.data_type for i in graph.initializer}
+    FP16, FP32, INT8 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.INT8
+    assert [types[i.name] for i in graph.input] == [FP32] and [types[o.name] for o in graph.output] == [FP32]
+    compute = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    for node in compute:
+        wanted = FP32 if node.name == overflowing else FP16
+        assert {types[node.input[0]], types[node.input[1]], types[node.output[0]]} == {wanted}, node.name
+    # Still INT8 (only kept layers are not): the overflowing node's dequantizers produce FP32, every other FP16.
+    quantized_weights = [i for i in graph.initializer if i.data_type == INT8 and len(i.dims) > 1]
+    assert len(quantized_weights) == len(compute) - len(entry.get("kept_out_of_int8", []))
+    dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    into_overflowing = {n.name for n in dequantizers if n.output[0] in compute[0].input}
+    assert len(into_overflowing) == 2  # its input and its weights
+    for node in dequantizers:
+        wanted = FP32 if node.name in into_overflowing else FP16
+        assert types[node.input[1]] == wanted and types[node.output[0]] == wanted, node.name
+    float32_initializers = {i.name for i in graph.initializer if i.data_type == FP32}
+    # No FP32 initializer but the overflowing node's own: its dequantizers' scales and its bias (the exporter
+    # drops all-zero biases, such as this untrained conv1_1's).
+    float32_initializers = {i.name for i in graph.initializer if i.data_type == FP32}
+    own = {n.input[1] for n in dequantizers if n.name in into_overflowing} | set(compute[0].input[2:])
+    assert float32_initializers and float32_initializers <= own
+    from vgg_deploy.batches import load_batches
+    from vgg_deploy.runfolder import open_run
+
+    run = open_run(exported_run)
+    batches, _ = load_batches(run.split().absolute(run.split().test)[:16], run.preprocessing, batch_size=16)
+    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": batches[0]})[0]
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"input": batches[0]})[0]
+    assert logits.dtype == np.float32 and np.isfinite(logits).all()
+    parity = compare(reference, logits)
+    assert parity.top1_agreement >= 0.8 and parity.max_abs_logit_diff < 0.25 * parity.reference_logit_range

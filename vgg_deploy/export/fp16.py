@@ -101,38 +101,77 @@ def _strip_save_suffix(name: str) -> str:
     return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
-def convert_fp16(
-    fp32_path: Path, out: Path, *, batches: Sequence[np.ndarray], input_name: str
-) -> dict:
+def _to_fp16(proto: onnx.ModelProto, *, keep_fp32_nodes: Sequence[str]) -> onnx.ModelProto:
+    """onnxruntime's converter, FP32 graph inputs and outputs kept, `keep_fp32_nodes` left in FP32 with no FP16
+    round trip between them, nodes in topological order."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    proto = onnx.load(str(fp32_path))
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=list(keep_fp32_nodes))
+        drop_fp16_round_trips(converted)
+        # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
+        OnnxModel(converted).topological_sort()
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return converted
+
+
+def _save_checked(proto: onnx.ModelProto, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp))
+
+
+def overflow_nodes(fp32_path: Path, batches: Sequence[np.ndarray], *, input_name: str) -> dict:
+    """Which nodes must stay FP32 because FP16 cannot hold what they read or write, measured on `batches`."""
+    proto = onnx.load(str(fp32_path), load_external_data=False)
     peaks = activation_peaks(fp32_path, batches, input_name=input_name)
     limit = FP16_MAX * ACTIVATION_HEADROOM
     hot_tensors = {name for name, peak in peaks.items() if peak > limit}
     # A node that reads or writes a too-large tensor stays FP32: a consumer in FP16 would receive inf.
     blocked = sorted(node.name for node in proto.graph.node
                      if any(t in hot_tensors for t in [*node.input, *node.output]))
-    clamped_weights = weight_overflow(proto)
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=blocked)
-        drop_fp16_round_trips(converted)
-        # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
-        from onnxruntime.transformers.onnx_model import OnnxModel
-
-        OnnxModel(converted).topological_sort()
-    finally:
-        logging.getLogger().setLevel(quiet)
-    with atomic_path(out) as tmp:
-        onnx.save(converted, str(tmp))
-        onnx.checker.check_model(str(tmp))
     return {
         "kept_fp32_nodes": blocked,
         "overflow_tensors": sorted(hot_tensors),
-        "clamped_weights": clamped_weights,
         "max_activation": max(peaks.values(), default=0.0),
         "overflow_check_images": int(sum(b.shape[0] for b in batches)),
     }
+
+
+def convert_fp16(
+    fp32_path: Path, out: Path, *, batches: Sequence[np.ndarray], input_name: str
+) -> dict:
+    proto = onnx.load(str(fp32_path))
+    info = overflow_nodes(fp32_path, batches, input_name=input_name)
+    clamped_weights = weight_overflow(proto)
+    _save_checked(_to_fp16(proto, keep_fp32_nodes=info["kept_fp32_nodes"]), out)
+    return {**info, "clamped_weights": clamped_weights}
+
+
+# DequantizeLinear and QuantizeLinear take FP16 scales from opset 19: before it, a Q/DQ graph's float parts
+# can only be FP32.
+FP16_QDQ_OPSET = 19
+
+
+def qdq_float_parts_to_fp16(qdq_path: Path, out: Path, *, keep_fp32_nodes: Sequence[str] = ()) -> dict:
+    """A Q/DQ graph whose non-quantized parts run in FP16: every float initializer (Q/DQ scales, biases, the
+    weights of layers kept out of INT8) and every float tensor between them, graph inputs and outputs staying
+    FP32. A strongly typed TensorRT network runs exactly the graph's types, so from the FP32 Q/DQ graph it would
+    run everything between the INT8 ops (and every kept layer) in FP32."""
+    proto = onnx.load(str(qdq_path))
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < FP16_QDQ_OPSET:
+            opset.version = FP16_QDQ_OPSET  # the ops of a classifier graph mean the same at 19 as at 13-18
+    # A node kept in FP32 for overflow may still be INT8 (Q/DQ in front of it): its dequantizers must then
+    # produce FP32 too, or its input would pass through FP16 on the way in.
+    keep = set(keep_fp32_nodes)
+    feeds_kept = {name for node in proto.graph.node if node.name in keep for name in node.input}
+    keep |= {node.name for node in proto.graph.node
+             if node.op_type == "DequantizeLinear" and node.output[0] in feeds_kept}
+    _save_checked(_to_fp16(proto, keep_fp32_nodes=sorted(keep)), out)
+    return {"float_parts": "fp16", "opset": FP16_QDQ_OPSET, "kept_fp32_nodes": sorted(keep_fp32_nodes)}

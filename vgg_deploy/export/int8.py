@@ -7,6 +7,7 @@ the decision criterion, VGG's layer names and the report.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +30,11 @@ SENSITIVITY_BATCHES = 2
 # Fewer decision images than this and one image moves the criterion by more than half a point.
 DECISION_MIN_IMAGES = 200
 # Precision a layer kept out of INT8 runs in, per placement, and why. onnxruntime's CPU provider has no
-# FP16 Conv/Gemm kernels on x86: an FP16 layer would run as casts around FP32 work. For TensorRT an FP16
-# try would need the kept layers cast in the graph (strongly typed networks run what the graph says);
-# that is not built yet, so they stay FP32 there too, and the manifest says so.
+# FP16 Conv/Gemm kernels on x86: an FP16 layer would run as casts around FP32 work. A strongly typed TensorRT
+# network runs what the graph says, and its source graph has FP16 float parts (fp16.qdq_float_parts_to_fp16).
 KEPT_PRECISION = {"cpu": ("fp32", "onnxruntime/OpenVINO CPU kernels for Conv/Gemm are INT8 or FP32, not FP16"),
-                  "tensorrt": ("fp32", "FP16 for kept layers is not tried yet: the Q/DQ graph keeps them FP32")}
+                  "tensorrt": ("fp16", "the TensorRT source runs every non-quantized part in FP16, kept layers included "
+                               "(FP32 only where FP16 would overflow)")}
 # On the CPU a kept layer reads the int8-rounded output its producer's integer kernel writes: freeing that
 # input costs the producer its kernel (onnxruntime fuses DQ-Conv-Q only with the output Q): measured at
 # 224 px, fc7 kept cost 1.72x the all-INT8 latency with a float input and 1.06x with the rounded one
@@ -199,13 +200,19 @@ def build_int8(
     }
 
 
-def write_tensorrt_qdq(fp32_path: Path, out: Path, *, int8_entry: dict, cache_dir: Path) -> Path:
+def write_tensorrt_qdq(fp32_path: Path, out: Path, *, int8_entry: dict, cache_dir: Path,
+                       keep_fp32_nodes: Sequence[str] = ()) -> tuple[Path, dict]:
     """The onnx-int8 artifact's ranges and kept layers, with Q/DQ placed where TensorRT wants them (inputs of
-    quantized ops only): the graph a trt-int8 engine is built from."""
+    quantized ops only) and every non-quantized part in FP16 (kept layers included) except `keep_fp32_nodes`,
+    which FP16 would overflow: the graph a trt-int8 engine is built from. Returns it and what it holds."""
+    from vgg_deploy.export.fp16 import qdq_float_parts_to_fp16
+
     kept = [layer["node"] for layer in int8_entry.get("kept_out_of_int8", [])]
     method = int8_entry["calibration"]["method"]
-    with atomic_path(out) as tmp:
-        calibration.quantize_qdq(fp32_path, tmp, ranges_path=calibration.RangeCache(cache_dir / method).ranges_path,
+    with tempfile.TemporaryDirectory(prefix=".tensorrt-qdq-", dir=out.parent) as scratch:
+        fp32_qdq = Path(scratch) / "fp32-qdq.onnx"
+        calibration.quantize_qdq(fp32_path, fp32_qdq, ranges_path=calibration.RangeCache(cache_dir / method).ranges_path,
                                  method=method, exclude_nodes=kept, placement="tensorrt",
                                  float_inputs_for_excluded=KEPT_INPUT["tensorrt"] == "float")
-    return out
+        info = qdq_float_parts_to_fp16(fp32_qdq, out, keep_fp32_nodes=keep_fp32_nodes)
+    return out, {**info, "kept_out_of_int8": kept}

@@ -152,7 +152,8 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         else:
             artifacts[name] = _build_trt(name, export_dir, pp.image_size, options, source_entry=artifacts[SOURCE[name]],
                                          check=lambda name, path: _engine_parity(name, path, reference, test_batches,
-                                                                                 test_labels, options))
+                                                                                 test_labels, options),
+                                         fp16_overflow=lambda: _fp16_overflow(artifacts, export_dir, calibration_batches))
 
     entries = {**{k: v for k, v in kept.items() if k not in artifacts}, **artifacts}
     manifest = {
@@ -178,6 +179,15 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         console.print(f"triton repository: {options.triton_repo} ({', '.join(models)})")
     console.print(f"manifest: {export_dir / mf.MANIFEST} ({len(manifest['artifacts'])} artifacts)")
     return manifest
+
+
+def _fp16_overflow(artifacts: dict, export_dir: Path, calibration_batches) -> dict:
+    """The FP16 artifact's overflow check when this export built one, else the same check run now."""
+    if "onnx-fp16" in artifacts:
+        return artifacts["onnx-fp16"]["fp16"]
+    from vgg_deploy.export.fp16 import overflow_nodes
+
+    return overflow_nodes(export_dir / mf.FILENAME["onnx"], calibration_batches()[:2], input_name=INPUT_NAME)
 
 
 def _decision_items(split, options: ExportOptions, calib_items) -> tuple[list, dict]:
@@ -232,7 +242,8 @@ def _engine_parity(name: str, path: Path, reference, test_batches, test_labels, 
 
 
 def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_entry: dict,
-               check) -> dict:
+               check, fp16_overflow=None) -> dict:
+    """`fp16_overflow()`: which nodes FP16 would overflow (the INT8 engine's float parts are FP16)."""
     from vgg_deploy.export.tensorrt_build import build_engine
     from vgg_deploy.export.tensorrt_meta import (
         detect_environment,
@@ -249,8 +260,9 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
         from vgg_deploy.export.int8 import write_tensorrt_qdq
 
         # The CPU artifact's Q/DQ sits on op outputs too; TensorRT gets its own placement of the same ranges.
-        source = write_tensorrt_qdq(export_dir / mf.FILENAME["onnx"], export_dir / TENSORRT_QDQ,
-                                    int8_entry=source_entry, cache_dir=export_dir / "calibration")
+        source, tensorrt_source = write_tensorrt_qdq(
+            export_dir / mf.FILENAME["onnx"], export_dir / TENSORRT_QDQ, int8_entry=source_entry,
+            cache_dir=export_dir / "calibration", keep_fp32_nodes=fp16_overflow()["kept_fp32_nodes"])
         source_sha256 = sha256_file(source)
     engine = export_dir / mf.FILENAME[name]
     workspace = int(options.workspace_gib * (1 << 30))
@@ -265,4 +277,5 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
     except ExportError:
         sidecar_path(engine).unlink(missing_ok=True)
         raise
-    return mf.artifact_entry(export_dir, name, engine=sidecar, parity=figures)
+    extra = {"tensorrt_source": tensorrt_source} if name == "trt-int8" else {}
+    return mf.artifact_entry(export_dir, name, engine=sidecar, parity=figures, **extra)
