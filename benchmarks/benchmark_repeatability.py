@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="summary JSON; each run's report is kept beside it")
     args = parser.parse_args()
     reports = []
     for index in range(args.runs):
@@ -35,7 +36,7 @@ def main() -> None:
         print(f"run {index + 1}/{args.runs}: {' '.join(command)}", flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         report = json.loads((args.run / "benchmark" / "report.json").read_text())
-        shutil.copy(args.run / "benchmark" / "report.json", RESULTS.parent / f"benchmark_repeatability_run{index + 1}.json")
+        shutil.copy(args.run / "benchmark" / "report.json", args.out.with_name(f"{args.out.stem}_run{index + 1}.json"))
         reports.append(report)
     rows = {}
     for report in reports:
@@ -53,7 +54,7 @@ def main() -> None:
                         "speedup_max_over_min": max(ratios) / min(ratios)}
         print(f"| {key} | {', '.join(f'{p:.3f}' for p in p50s)} | {summary[key]['p50_max_over_min']:.3f} | "
               f"{', '.join(f'{r:.3f}' for r in ratios)} | {summary[key]['speedup_max_over_min']:.3f} |")
-    RESULTS.write_text(json.dumps({"settings": {**vars(args), "run": str(args.run)}, "machine": describe_machine(),
+    args.out.write_text(json.dumps({"settings": {**vars(args), "run": str(args.run), "out": str(args.out)}, "machine": describe_machine(),
                                    "rows": summary}, indent=2) + "\n")
 
 

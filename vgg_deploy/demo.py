@@ -76,7 +76,7 @@ def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = TARGET_E
 
     console.rule("5/5 benchmark")
     # One round keeps the demo short; each row still runs in its own process. For numbers to quote,
-    # `vgg-deploy benchmark --rounds 3` (the default) or more.
+    # `vgg-deploy benchmark` (5 rounds by default).
     report = benchmark(run, BenchmarkOptions(batch_sizes=[1, 8], rounds=1,
                                              timing=TimingPolicy(time_budget_s=2.0, max_iterations=40)))
     console.print(f"benchmark -> {run / 'benchmark'}")

@@ -46,7 +46,10 @@ class BenchmarkOptions:
     onnx_backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     eval_batch_size: int = 16
     timing: TimingPolicy = field(default_factory=TimingPolicy)
-    rounds: int = 3  # each row timed in its own process this many times, alternating with the others
+    # Each row timed in its own process this many times, alternating with the others. 5, not 3: two runs of the
+    # command agreed on every speed-up within 2% with 5 rounds, and differed by up to 15% with 3
+    # (benchmarks/README.md, "Does vgg-deploy benchmark repeat?").
+    rounds: int = 5
 
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")

@@ -29,7 +29,7 @@ def benchmark_command(
     iterations: int = typer.Option(100, min=1, help="Most timed iterations per artifact and batch size."),
     time_budget: float = typer.Option(10.0, min=0.0, help="Seconds of timing per artifact and batch size."),
     warmup: int = typer.Option(5, min=0, help="Warm-up iterations (and at least one second) before timing."),
-    rounds: int = typer.Option(3, min=1, help="Each row is timed in its own process this many times, alternating "
+    rounds: int = typer.Option(5, min=1, help="Each row is timed in its own process this many times, alternating "
                                "with the others; p50 is the median of the per-round medians."),
 ) -> None:
     """Accuracy and latency of every exported artifact beside the PyTorch FP32 baseline."""
