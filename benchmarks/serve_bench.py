@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vgg_deploy.benchmark.machine import describe_machine
+from vgg_deploy.benchmark.stats import TimingPolicy, measure, summarize
 from vgg_deploy.imaging import load_rgb
 from vgg_deploy.runfolder import open_run
 from vgg_deploy.serve import ServeOptions, TritonServer
@@ -40,7 +40,7 @@ def _client(protocol: str, url: str):
 def load_level(server: TritonServer, protocol: str, images: np.ndarray, *, concurrency: int, requests: int,
                seconds: float) -> dict:
     url = server.http_url if protocol == "http" else server.grpc_url
-    latencies: list[float] = []
+    latencies: list[float] = []  # seconds
     errors: list[str] = []
     lock = threading.Lock()
     sent = iter(range(requests))
@@ -61,7 +61,7 @@ def load_level(server: TritonServer, protocol: str, images: np.ndarray, *, concu
                     errors.append(str(err)[:200])
                 continue
             with lock:
-                latencies.append((time.perf_counter() - start) * 1e3)
+                latencies.append(time.perf_counter() - start)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     started = time.perf_counter()
@@ -70,18 +70,11 @@ def load_level(server: TritonServer, protocol: str, images: np.ndarray, *, concu
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-
-    def percentile(q: float) -> float | None:
-        # p99 needs at least 100 samples to be more than the maximum.
-        if not ordered or (q == 99 and len(ordered) < 100):
-            return None
-        return float(np.percentile(ordered, q))
-
+    stats, _ = summarize(latencies, batch_size=1) if latencies else ({}, 0.0)
     return {"protocol": protocol, "concurrency": concurrency, "completed": len(latencies), "errors": len(errors),
             "first_error": errors[0] if errors else None, "seconds": wall,
-            "throughput_per_s": len(latencies) / wall, "p50_ms": percentile(50), "p99_ms": percentile(99),
-            "mean_ms": statistics.fmean(latencies) if latencies else None}
+            "throughput_per_s": len(latencies) / wall, "p50_ms": stats.get("p50"), "p99_ms": stats.get("p99"),
+            "mean_ms": stats.get("mean"), "too_few_samples_for": stats.get("too_few_samples_for")}
 
 
 def offline_levels(run: Path, artifact: str, images: np.ndarray, *, batch_sizes: list[int], seconds: float) -> list:
@@ -96,16 +89,10 @@ def offline_levels(run: Path, artifact: str, images: np.ndarray, *, batch_sizes:
     with build_runner(spec) as runner:
         for batch_size in batch_sizes:
             batch = np.resize(images, (batch_size, *images.shape[1:]))
-            for _ in range(5):
-                runner.infer(batch)
-            times, deadline = [], time.perf_counter() + seconds
-            while time.perf_counter() < deadline and len(times) < 1000:
-                start = time.perf_counter()
-                runner.infer(batch)
-                times.append((time.perf_counter() - start) * 1e3)
-            p50 = float(np.percentile(times, 50))
-            levels.append({"batch_size": batch_size, "calls": len(times), "p50_ms": p50,
-                           "images_per_s": batch_size * 1e3 / p50})
+            durations = measure(lambda batch=batch: runner.infer(batch), TimingPolicy(max_iterations=1000, time_budget_s=seconds))
+            stats, _ = summarize(durations, batch_size=batch_size)
+            levels.append({"batch_size": batch_size, "calls": stats["iterations"], "p50_ms": stats["p50"],
+                           "images_per_s": batch_size * 1e3 / stats["p50"]})
     return levels
 
 
