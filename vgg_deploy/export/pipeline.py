@@ -242,7 +242,7 @@ def _engine_parity(name: str, path: Path, reference, test_batches, test_labels, 
 
 
 def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOptions, *, source_entry: dict,
-               check, fp16_overflow=None) -> dict:
+               check, fp16_overflow) -> dict:
     """`fp16_overflow()`: which nodes FP16 would overflow (the INT8 engine's float parts are FP16)."""
     from vgg_deploy.export.tensorrt_build import build_engine
     from vgg_deploy.export.tensorrt_meta import (
