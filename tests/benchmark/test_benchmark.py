@@ -105,6 +105,7 @@ def test_skipped_and_failed_artifacts_do_not_stop_the_rest_but_fail_the_command(
     assert status[("trt-fp16", "tensorrt")] == ("skipped", "not exported: TensorRT is not installed")
     by_backend = {r["backend"]: r for r in report["results"] if r["artifact"] == "onnx-int8"}
     assert by_backend["openvino"]["accuracy"]["agreement"] >= 0.9 * by_backend["onnxruntime"]["accuracy"]["agreement"]
+    assert by_backend["openvino"]["inference_precision"] == "f32"  # what OpenVINO compiled, recorded in the row
 
 
 def test_gate_names_the_artifact_and_exits_3(run_with_odd_artifacts):

@@ -56,3 +56,18 @@ def test_missing_execution_provider_is_unavailable_not_a_silent_cpu_fallback(tin
         pytest.skip("this onnxruntime has the TensorRT provider")
     with pytest.raises(UnavailableError, match="TensorrtExecutionProvider"):
         OnnxRuntimeRunner(tiny_onnx, provider="tensorrt").activate()
+
+
+def test_openvino_runs_an_fp32_file_in_fp32(tiny_onnx, tiny_batches):
+    """OpenVINO's CPU default computes float parts in bf16 where the CPU has it; the runner asks for FP32, the
+    file's precision, and records what was compiled."""
+    pytest.importorskip("openvino")
+    from vgg_deploy.runners.openvino_runner import OpenVINORunner
+
+    reference = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    with OpenVINORunner(tiny_onnx) as runner:
+        assert runner.describe()["inference_precision"] == "f32"
+        for batch in tiny_batches:
+            expected = reference.run(None, {"input": batch})[0]
+            # bf16 keeps 8 bits of mantissa (relative error ~4e-3); FP32 agrees to ~1e-6.
+            np.testing.assert_allclose(runner.infer(batch), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

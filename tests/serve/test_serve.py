@@ -139,9 +139,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_ctrl_c_stops_the_cli_and_everything_it_started(exported_run):
+def test_ctrl_c_stops_the_cli_and_everything_it_started(exported_run, test_images):
+    """The CLI, with OpenVINO inside Triton this time: FP32 logits as onnxruntime's, then Ctrl-C."""
     command = [sys.executable, "-m", "vgg_deploy", "serve", str(exported_run), "--artifact", "onnx",
-               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-dynamic-batching"]
+               "--backend", "openvino", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+               "--no-dynamic-batching"]
     others = set(exported_run.glob(".serve-*"))  # the module's own server, if it is up
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines = []
@@ -154,6 +156,15 @@ def test_ctrl_c_stops_the_cli_and_everything_it_started(exported_run):
         assert "no dynamic batching" in text, text
         http = re.search(r"HTTP\s+(\S+)", text).group(1)
         assert urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=5).status == 200
+        import onnxruntime as ort
+        import tritonclient.http as triton_http
+
+        _, batch = test_images
+        tensor = triton_http.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        served = triton_http.InferenceServerClient(http).infer("vgg16_onnx", [tensor]).as_numpy("logits")
+        expected = ort.InferenceSession(str(exported_run / "export" / "model.onnx")).run(None, {"input": batch})[0]
+        np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
         (triton,) = _children(process.pid)
         (workdir,) = set(exported_run.glob(".serve-*")) - others
         process.send_signal(signal.SIGINT)

@@ -83,6 +83,7 @@ def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names) -> 
     result = {"artifact": runner.name, **runner.describe(), "status": "ok", "reason": None}
     try:
         with runner:
+            result |= runner.describe()  # again once active: what the runtime compiled (OpenVINO's precision)
             logits = run_batches(runner, batches)
             result["accuracy"] = accuracy_figures(logits, labels, baseline_logits if baseline_logits is not None else logits,
                                                   class_names)

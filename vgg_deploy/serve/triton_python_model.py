@@ -39,7 +39,9 @@ def _openvino_model(path: str, threads: int):
     core = ov.Core()
     if threads:
         core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
-    compiled = core.compile_model(path, "CPU")
+    # Without the hint OpenVINO computes float parts in bf16 on CPUs with native bf16 (vgg_deploy's OpenVINO
+    # runner does the same, for the same reason).
+    compiled = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return lambda batch: compiled(batch)[0]
 
 
