@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +20,11 @@ from vgg_deploy.errors import UnavailableError, VggDeployError
 from vgg_deploy.predict import PredictOptions, predict
 from vgg_deploy.runfolder import open_run
 from vgg_deploy.serve import ServeOptions, TritonServer
-from vgg_deploy.serve.server import _failure_reason, group_members
+from vgg_deploy.serve.server import (
+    _failure_reason,
+    group_members,
+    remove_stale_workdirs,
+)
 from vgg_deploy.serve.tritonserver import find_tritonserver
 
 MAX_BATCH = 4
@@ -206,3 +211,36 @@ def test_the_server_is_a_real_tritonserver():
     assert install.binary.name == "tritonserver" and os.access(install.binary, os.X_OK)
     if install.source == "nvidia-pytriton wheel":
         assert install.stub.parent.name == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_a_killed_serve_takes_its_server_with_it(exported_run):
+    """SIGKILL gives serve no chance to stop Triton: the kernel's parent-death signal does."""
+    command = [sys.executable, "-m", "vgg_deploy", "serve", str(exported_run), "--artifact", "onnx",
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    others = set(exported_run.glob(".serve-*"))
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:
+            if "Ctrl-C stops it" in line:
+                break
+        (triton,) = _children(process.pid)
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while group_members(triton) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert group_members(triton) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # Its work folder outlived it (only an orderly stop removes it); the next serve of the run removes it.
+    (left,) = set(exported_run.glob(".serve-*")) - others
+    assert remove_stale_workdirs(exported_run) == [left] and set(exported_run.glob(".serve-*")) == others
+
+
+def test_a_running_serves_work_folder_is_not_stale(tmp_path):
+    alive, unowned = tmp_path / ".serve-alive", tmp_path / ".serve-starting"
+    alive.mkdir()
+    (alive / "serve.pid").write_text(str(os.getpid()))
+    unowned.mkdir()
+    assert remove_stale_workdirs(tmp_path) == [] and alive.is_dir() and unowned.is_dir()

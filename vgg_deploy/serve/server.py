@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -29,6 +30,8 @@ from vgg_deploy.serve.tritonserver import (
 )
 
 EXIT_TIMEOUT_S = 10  # Triton's own grace period for in-flight requests at shutdown
+WORKDIR_PREFIX = ".serve-"
+OWNER_FILE = "serve.pid"  # the serve process a work folder belongs to
 
 
 class ServeError(VggDeployError):
@@ -121,7 +124,9 @@ class TritonServer:
         self.install = find_tritonserver(o.tritonserver)
         self.ports = {kind: port or free_port(o.host) for kind, port in
                       (("http", o.http_port), ("grpc", o.grpc_port), ("metrics", o.metrics_port))}
-        self.workdir = Path(tempfile.mkdtemp(prefix=".serve-", dir=self.run_dir))
+        remove_stale_workdirs(self.run_dir)
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=self.run_dir))
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         try:
             self.model_name = write_serving_repo(
                 self.workdir / "models", artifact=Path(choice.spec.path), entry=entry, manifest=manifest,
@@ -152,7 +157,8 @@ class TritonServer:
         with open(self.log_path, "wb") as log:
             # Its own session: a terminal's Ctrl-C reaches serve, which then stops the whole group in order.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=server_environment(self.install), start_new_session=True)
+                                            env=server_environment(self.install), start_new_session=True,
+                                            preexec_fn=_stop_with_parent_hook())  # noqa: PLW1509 (one libc call)
 
     def _wait_ready(self) -> None:
         url = f"http://{self.http_url}/v2/models/{self.model_name}/ready"
@@ -199,6 +205,36 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _stop_with_parent_hook():
+    """A pre-exec hook for the server: if serve itself dies without stopping it (SIGKILL, a crash), the kernel
+    sends the server SIGTERM, which Triton treats as an orderly shutdown; its stubs exit with it. The libc
+    function is looked up here, in the parent, so the forked child only makes the one call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def remove_stale_workdirs(run_dir: Path) -> list[Path]:
+    """Work folders left by a serve that was killed before it could stop (its process is gone); a running
+    serve's folder is left alone."""
+    removed = []
+    for folder in run_dir.glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            os.kill(int((folder / OWNER_FILE).read_text()), 0)
+            continue  # its serve is alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue  # no readable owner (being created right now): not ours to judge
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _signal_group(group: int, sig: int) -> None:
