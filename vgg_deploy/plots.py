@@ -67,3 +67,27 @@ def plot_benchmark(report: dict, folder: Path) -> None:
     with atomic_path(folder / "latency.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def plot_pruning(records: list[dict], path: Path) -> None:
+    """Val top-1 against batch-1 latency (against multiply-adds when latency was not measured), step by step."""
+    plt = _pyplot()
+    timed = all(r.get("latency") for r in records[1:]) and len(records) > 1
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if timed:
+        xs = [records[1]["latency"]["source_ms"]] + [r["latency"]["ms"] for r in records[1:]]
+        ax.set_xlabel(f"batch-1 latency, ms ({records[1]['latency']['runtime']})")
+    else:
+        xs = [r["macs"] / 1e9 for r in records]
+        ax.set_xlabel("G multiply-adds per image")
+    ys = [r["val_top1"] if r["val_top1"] is not None else float("nan") for r in records]
+    ax.plot(xs, ys, "o-")
+    for x, y, r in zip(xs, ys, records):
+        ax.annotate("source" if r["step"] == 0 else f"step {r['step']}", (x, y), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set(ylabel="val top-1", title="pruning: accuracy against cost", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

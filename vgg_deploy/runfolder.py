@@ -11,8 +11,8 @@ from torch import nn
 from vgg_deploy.data import Split
 from vgg_deploy.errors import RunFolderError
 from vgg_deploy.fileio import atomic_path, read_json, write_json
-from vgg_deploy.model import new_vgg16
 from vgg_deploy.preprocessing import Preprocessing
+from vgg_deploy.widths import check_widths, vgg16_with_widths
 
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -48,6 +48,11 @@ class Run:
         return list(self.info["class_names"])
 
     @property
+    def widths(self) -> dict[str, int] | None:
+        """Layer widths of a pruned run (`vgg-deploy prune`); None for torchvision's dense VGG16."""
+        return self.info.get("widths")
+
+    @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.info["preprocessing"])
 
@@ -58,7 +63,7 @@ class Run:
         return Split.from_dict(read_json(path))
 
     def load_model(self) -> nn.Module:
-        return load_weights(self.path / WEIGHTS, num_classes=len(self.class_names))
+        return load_weights(self.path / WEIGHTS, num_classes=len(self.class_names), widths=self.widths)
 
 
 def open_run(run: str | Path) -> Run:
@@ -73,12 +78,14 @@ def open_run(run: str | Path) -> Run:
         Preprocessing.from_dict(info["preprocessing"])
         if len(info["class_names"]) < 2:
             raise ValueError("fewer than two class names")
+        if info.get("widths") is not None:
+            check_widths(info["widths"])
     except (ValueError, KeyError, TypeError) as err:
         raise RunFolderError(f"{model_json} is not a valid model description ({err})") from None
     return Run(run, info)
 
 
-def load_weights(path: Path, *, num_classes: int) -> nn.Module:
+def load_weights(path: Path, *, num_classes: int, widths: dict[str, int] | None = None) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -88,7 +95,7 @@ def load_weights(path: Path, *, num_classes: int) -> nn.Module:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise RunFolderError(f"{path} is unreadable or truncated ({err})") from None
-    model = new_vgg16(num_classes)
+    model = vgg16_with_widths(num_classes, widths)
     expected = model.state_dict()
     if set(state) != set(expected):
         raise RunFolderError(f"{path} does not hold VGG16 weights (keys differ from torchvision's VGG16)")
@@ -99,6 +106,8 @@ def load_weights(path: Path, *, num_classes: int) -> nn.Module:
         )
     bad = [k for k in expected if expected[k].shape != state[k].shape]
     if bad:
-        raise RunFolderError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+        recorded = "the widths model.json records" if widths else "torchvision's VGG16"
+        raise RunFolderError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, expected "
+                             f"{tuple(expected[bad[0]].shape)} ({recorded})")
     model.load_state_dict(state)
     return model.eval()

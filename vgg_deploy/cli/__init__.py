@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vgg_deploy.cli import benchmark, demo, export, finetune, predict, sample_data, serve
+from vgg_deploy.cli import benchmark, demo, export, finetune, predict, prune, sample_data, serve
 
 app = typer.Typer(
     name="vgg-deploy",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("finetune")(finetune.finetune_command)
+app.command("prune")(prune.prune_command)
 app.command("export")(export.export_command)
 app.command("benchmark")(benchmark.benchmark_command)
 app.command("predict")(predict.predict_command)

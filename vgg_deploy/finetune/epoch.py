@@ -39,8 +39,10 @@ def run_epoch(
     scheduler=None,
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochStats:
-    """One pass. With an optimizer it trains; without, it evaluates under no_grad."""
+    """One pass. With an optimizer it trains; without, it evaluates under no_grad. With a teacher (distillation),
+    the loss is `loss_fn(logits, labels, teacher's logits)`."""
     training = optimizer is not None
     start = time.perf_counter()
     total_loss, correct1, correct5, seen = 0.0, 0, 0, 0
@@ -53,7 +55,13 @@ def run_epoch(
             labels = labels.to(device, non_blocking=True)
             with autocast_context(precision, device):
                 logits = forward(inputs)
-            loss = loss_fn(logits.float(), labels)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(inputs)
+            if teacher is not None:
+                loss = loss_fn(logits.float(), labels, teacher_logits.float())
+            else:
+                loss = loss_fn(logits.float(), labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:

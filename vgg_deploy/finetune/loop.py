@@ -35,11 +35,13 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 class TrainingLoop:
     def __init__(self, *, model, plan, config, out: Path, device, precision, channels_last, loss_fn, eval_loss_fn,
-                 workers, preprocessing, train_items, val_items, test_items, base_info, dist: Distributed):
+                 workers, preprocessing, train_items, val_items, test_items, base_info, dist: Distributed,
+                 teacher: nn.Module | None = None):
         self.model, self.plan, self.config, self.out = model, plan, config, out
         self.device, self.precision, self.channels_last = device, precision, channels_last
         self.loss_fn, self.eval_loss_fn, self.workers = loss_fn, eval_loss_fn, workers
         self.preprocessing, self.base_info, self.dist = preprocessing, base_info, dist
+        self.teacher = teacher  # distillation (prune's recovery): training loss_fn takes the teacher's logits too
         self.train_items, self.val_items, self.test_items = train_items, val_items, test_items
         self.per_rank_batch = config.batch_size // dist.world_size
         self.history: list[dict] = []
@@ -181,7 +183,8 @@ class TrainingLoop:
                     bar.update(task, advance=n, metrics=f"loss {loss:.3f} acc {acc:.3f}")
 
                 train_stats = self._global(E.run_epoch(forward, train_batches, optimizer=optimizer, scheduler=scheduler,
-                                                       scaler=scaler, on_step=on_step, **common))
+                                                       scaler=scaler, on_step=on_step, teacher=self.teacher,
+                                                       **common))
             model.eval()
             val_stats = self._global(E.run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
             improved = (val_stats.top1, -val_stats.loss) > (self.best["top1"], -self.best["loss"])
@@ -219,7 +222,8 @@ class TrainingLoop:
 
     def _test_metrics(self) -> dict:
         """The kept checkpoint, as saved (plain VGG16, FP32), on the test split: reported, never used to decide."""
-        kept = runfolder.load_weights(self.out / runfolder.WEIGHTS, num_classes=self.model.classifier[6].out_features)
+        kept = runfolder.load_weights(self.out / runfolder.WEIGHTS, num_classes=self.model.classifier[6].out_features,
+                                      widths=self.base_info.get("widths"))
         loader = _eval_loader(self.test_items, self.preprocessing.eval_transform(), batch_size=self.per_rank_batch,
                               workers=self.workers)
         stats = E.run_epoch(kept.to(self.device), loader, loss_fn=self.eval_loss_fn, device=self.device,

@@ -1,0 +1,324 @@
+"""The prune step: RUN/ (a finetune run) -> PRUNED/, a run folder with the same contract, narrower layers.
+
+Each of `steps` steps removes the lowest-scoring channels of every layer down to that step's widths, then
+recovers on the run's own train split (the finetune loop: val picks the checkpoint, test is only reported),
+distilling from the unpruned model. PRUNED/steps/K/ is step K's run folder; PRUNED/ holds the last one, its
+model.json records the widths, the source run and every step (MACs, parameters, latency, val and test top-1).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vgg_deploy import runfolder
+from vgg_deploy.console import console
+from vgg_deploy.data import ImageDataset, class_weights
+from vgg_deploy.errors import RunFolderError, VggDeployError
+from vgg_deploy.fileio import check_writable_dir, read_json, write_json, write_text
+from vgg_deploy.finetune import devices as D
+from vgg_deploy.finetune import epoch as E
+from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune.cases import FC_HIDDEN, FC_LR_FACTOR, FreezePlan
+from vgg_deploy.finetune.distributed import Distributed
+from vgg_deploy.finetune.loop import TrainingLoop
+from vgg_deploy.model import GROUP_NAMES, HEAD
+from vgg_deploy.prune import latency as L
+from vgg_deploy.prune import targets
+from vgg_deploy.prune.distill import DistillationLoss
+from vgg_deploy.prune.scores import CRITERIA, channel_scores
+from vgg_deploy.prune.surgery import prune_to_widths
+from vgg_deploy.widths import DENSE_WIDTHS, multiply_adds, parameter_count, scaled_widths, vgg16_with_widths
+
+PRUNE_LOG = "prune_log.jsonl"
+PRUNE_PLOT = "prune.png"
+STEP_REPORT = "prune_step.json"
+RECOVERED = "recovered.json"  # recovery finished (what remains of the step is measuring it)
+PRUNED_UNTRAINED = "pruned.safetensors"  # a step's widths before recovery: where a resumed step starts
+TIMING_DIR = ".timing"  # the source's ONNX file, exported once for every latency comparison
+COPIED_FROM_LAST_STEP = (runfolder.WEIGHTS, runfolder.EPOCH_LOG, runfolder.CURVES_PNG)
+
+
+@dataclass
+class PruneConfig:
+    run: str
+    out: str
+    target_macs: float | None = None  # fraction of the source's multiply-adds
+    target_speedup: float | None = None  # measured on onnxruntime FP32, batch 1, against the source
+    criterion: str = "taylor"
+    steps: int = 3
+    epochs: int = 2  # recovery epochs per step
+    distill: bool = True
+    temperature: float = 4.0
+    soft_weight: float = 0.5  # share of the distillation term in the loss
+    round_to: int = 8
+    lr: float = 1e-4  # convolutions; fc6-fc8 train at a tenth of it (finetune's recipe for pretrained layers)
+    weight_decay: float = 0.05
+    batch_size: int = 32
+    score_batches: int = 8  # training batches the Taylor criterion averages over
+    latency_rounds: int = 3  # 0: do not measure (tests)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    patience: int = 5
+    workers: int | None = None
+
+
+def recovery_plan(lr: float) -> FreezePlan:
+    """Every layer trains: pruning changed them all. The head keeps its weights (it is not a new task)."""
+    rates = {g: lr * FC_LR_FACTOR if g in (*FC_HIDDEN, HEAD) else lr for g in GROUP_NAMES}
+    return FreezePlan(case="prune-recovery", frozen=(), trained=GROUP_NAMES, reinitialised=(), lr=rates,
+                      head_warmup_epochs=0, cache_features=False, from_scratch=False)
+
+
+def _check(config: PruneConfig) -> None:
+    if (config.target_macs is None) == (config.target_speedup is None):
+        raise VggDeployError("give exactly one of --target-macs and --target-speedup")
+    if config.criterion not in CRITERIA:
+        raise VggDeployError(f"--criterion must be one of {', '.join(CRITERIA)} (got {config.criterion!r})")
+    for name in ("steps", "epochs", "round_to", "batch_size", "score_batches"):
+        if getattr(config, name) < 1:
+            raise VggDeployError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)})")
+    if config.latency_rounds < 0:
+        raise VggDeployError("--latency-rounds must be 0 (do not measure) or more")
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prepare_out(config: PruneConfig, resume: bool) -> Path:
+    out = Path(config.out)
+    if out.resolve() == Path(config.run).resolve():
+        raise VggDeployError("--out must be a new folder, not the run being pruned")
+    out = check_writable_dir(out)
+    started = (out / runfolder.CONFIG_JSON).is_file()
+    finished = (out / runfolder.MODEL_JSON).is_file()
+    if resume and (finished or not started):
+        raise RunFolderError(f"nothing to resume in {out}: " + ("the prune already finished" if finished
+                                                                 else "no interrupted prune there"))
+    if not resume and (started or finished):
+        raise RunFolderError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    return out
+
+
+class Pruning:
+    """One prune run's state: the source, its data, the teacher, and the steps' records."""
+
+    def __init__(self, config: PruneConfig, out: Path):
+        self.config, self.out = config, out
+        self.source = runfolder.open_run(config.run)
+        self.split = self.source.split()
+        self.preprocessing = self.source.preprocessing
+        self.class_names = self.source.class_names
+        self.device = D.resolve_device(config.device)
+        self.precision = D.resolve_precision(config.precision, self.device)
+        self.workers = config.workers if config.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+        self.train_items, self.val_items, self.test_items = (
+            self.split.absolute(part) for part in (self.split.train, self.split.val, self.split.test))
+        missing = [str(p) for p, _ in self.train_items + self.val_items if not Path(p).is_file()]
+        if missing:
+            raise RunFolderError(f"{config.run}'s split.json names {missing[0]}, which no longer exists "
+                                 f"({len(missing)} image(s) missing); recovery training needs the run's data")
+        self.source_widths = self.source.widths or dict(DENSE_WIDTHS)
+        self.teacher = self.source.load_model()
+        self.hard_loss = nn.CrossEntropyLoss(weight=class_weights(self.split.class_counts(self.split.train)).to(self.device))
+
+    # -- figures ---------------------------------------------------------------------------------
+    def work(self, widths: dict[str, int]) -> dict:
+        n = len(self.class_names)
+        return {"macs": multiply_adds(widths, image_size=self.preprocessing.image_size, num_classes=n),
+                "parameters": parameter_count(widths, num_classes=n)}
+
+    def _export(self, model: nn.Module, path: Path) -> Path:
+        return L.export_for_timing(model, path, preprocessing=self.preprocessing, class_names=self.class_names)
+
+    def latency(self, model: nn.Module, workdir: Path) -> dict | None:
+        """{ms, source_ms, speedup}: the model and the source side by side, or None when not measured."""
+        if not self.config.latency_rounds:
+            return None
+        source = self.out / TIMING_DIR / "source.onnx"
+        if not source.is_file():
+            self._export(self.teacher, source)
+        files = {"source": source, "candidate": self._export(model, workdir / "candidate.onnx")}
+        try:
+            ms = L.median_latency_ms(files, image_size=self.preprocessing.image_size, rounds=self.config.latency_rounds)
+        finally:
+            files["candidate"].unlink(missing_ok=True)
+        return {"ms": round(ms["candidate"], 4), "source_ms": round(ms["source"], 4),
+                "speedup": round(ms["source"] / ms["candidate"], 4), "runtime": L.RUNTIME}
+
+    def evaluate(self, model: nn.Module, items) -> float:
+        loader = DataLoader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size=self.config.batch_size,
+                            num_workers=self.workers)
+        stats = E.run_epoch(model.to(self.device).eval(), loader, loss_fn=nn.CrossEntropyLoss(), device=self.device,
+                            precision="fp32", channels_last=False)
+        return stats.top1
+
+    # -- targets ---------------------------------------------------------------------------------
+    def final_keep(self) -> tuple[float, dict]:
+        c, n = self.config, len(self.class_names)
+        if c.target_macs is not None:
+            keep = targets.keep_for_macs(self.source_widths, c.target_macs, image_size=self.preprocessing.image_size,
+                                         num_classes=n, round_to=c.round_to)
+            return keep, {"target_macs": c.target_macs}
+        if not c.latency_rounds:
+            raise VggDeployError("--target-speedup measures latency: --latency-rounds must be at least 1")
+
+        def speedup_of(widths, workdir):
+            return self.latency(vgg16_with_widths(n, widths).eval(), workdir)["speedup"]
+
+        keep, probes = targets.keep_for_speedup(self.source_widths, c.target_speedup, round_to=c.round_to,
+                                                speedup_of=speedup_of)
+        return keep, {"target_speedup": c.target_speedup, "search": probes}
+
+    # -- one step --------------------------------------------------------------------------------
+    def _score_batches(self, seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(ImageDataset(self.train_items, self.preprocessing.eval_transform()),
+                          batch_size=self.config.batch_size, shuffle=True, generator=generator, num_workers=0)
+
+    def _pruned_start(self, model: nn.Module, widths: dict[str, int], step_dir: Path, seed: int) -> nn.Module:
+        """This step's widths before recovery; saved, so a resumed step starts from the very same weights."""
+        saved = step_dir / PRUNED_UNTRAINED
+        if saved.is_file():
+            return runfolder.load_weights(saved, num_classes=len(self.class_names), widths=widths)
+        scores = channel_scores(model, self.config.criterion, batches=self._score_batches(seed), loss_fn=self.hard_loss,
+                                device=self.device, max_batches=self.config.score_batches)
+        pruned = prune_to_widths(copy.deepcopy(model).to(self.device), widths, scores).cpu().eval()
+        runfolder.save_weights(pruned, saved)
+        return pruned
+
+    def run_step(self, index: int, model: nn.Module, widths: dict[str, int], keep: float) -> tuple[nn.Module, dict]:
+        c = self.config
+        step_dir = self.out / "steps" / str(index)
+        if (step_dir / STEP_REPORT).is_file():  # finished before an interruption
+            return runfolder.open_run(step_dir).load_model(), read_json(step_dir / STEP_REPORT)
+        step_dir.mkdir(parents=True, exist_ok=True)
+        recovered = step_dir / RECOVERED
+        if not recovered.is_file():
+            seed = c.seed * 1000 + index
+            _seed(seed)
+            pruned = self._pruned_start(model, widths, step_dir, seed)
+            val_before = self.evaluate(pruned, self.val_items)
+            console.print(f"step {index}/{c.steps}: kept {keep:.3f} of each layer; val top-1 {val_before:.3f} "
+                          "before recovery")
+            _seed(seed)
+            self._recover(pruned, widths, step_dir, index, resume=(step_dir / runfolder.RESUME_STATE).is_file())
+            write_json(recovered, {"val_top1_before_recovery": val_before})
+        trained = runfolder.open_run(step_dir).load_model()
+        info = read_json(step_dir / runfolder.MODEL_JSON)
+        report = {"step": index, "keep": round(keep, 4), "widths": widths, **self.work(widths),
+                  **read_json(recovered), "val_top1": info["metrics"]["val"]["top1"],
+                  "test_top1": info["metrics"].get("test", {}).get("top1"),
+                  "recovery_epochs_run": len(read_json_lines(step_dir / runfolder.EPOCH_LOG)),
+                  "latency": self.latency(trained, step_dir)}
+        write_json(step_dir / STEP_REPORT, report)
+        (step_dir / PRUNED_UNTRAINED).unlink(missing_ok=True)
+        return trained, report
+
+    def _recover(self, model: nn.Module, widths: dict[str, int], step_dir: Path, index: int, *, resume: bool) -> None:
+        c = self.config
+        plan = recovery_plan(c.lr)
+        model = model.to(self.device).to(memory_format=torch.channels_last)
+        O.apply_freeze(model, plan)
+        teacher = None
+        loss_fn: nn.Module = self.hard_loss
+        if c.distill:
+            teacher = self.teacher.to(self.device).to(memory_format=torch.channels_last).eval()
+            loss_fn = DistillationLoss(self.hard_loss, temperature=c.temperature, soft_weight=c.soft_weight)
+        if not resume:
+            shutil.copyfile(self.source.path / runfolder.SPLIT_JSON, step_dir / runfolder.SPLIT_JSON)
+        base_info = self._model_info(widths, plan, index)
+        loop = TrainingLoop(
+            model=model, plan=plan, config=c, out=step_dir, device=self.device, precision=self.precision,
+            channels_last=True, loss_fn=loss_fn, eval_loss_fn=nn.CrossEntropyLoss(), workers=self.workers,
+            preprocessing=self.preprocessing, train_items=self.train_items, val_items=self.val_items,
+            test_items=self.test_items, base_info=base_info, dist=Distributed(), teacher=teacher,
+        )
+        loop.run(resume=resume)
+
+    def _model_info(self, widths: dict[str, int], plan: FreezePlan, index: int) -> dict:
+        source_info = self.source.info
+        info = {key: source_info[key] for key in ("arch", "num_classes", "class_names", "preprocessing", "data")
+                if key in source_info}
+        info.update({
+            "widths": widths,
+            "case": source_info.get("case"),
+            "plan": plan.to_dict(),
+            "weights": {"source": str(self.source.path.resolve()), "pretrained": True, "pruned_from": True},
+            "pruning": {"source_run": str(self.source.path.resolve()), "step": index, "steps": self.config.steps,
+                        "criterion": self.config.criterion, "distill": self.config.distill,
+                        "round_to": self.config.round_to},
+            "training": {"device": self.device.type, "precision": self.precision, "channels_last": True},
+            "versions": source_info.get("versions", {}),
+        })
+        return info
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def prune(config: PruneConfig, *, resume: bool = False) -> dict:
+    """Run the whole step; returns PRUNED/model.json's contents. On --resume the saved config wins."""
+    out = _prepare_out(config, resume)
+    if resume:
+        config = PruneConfig(**read_json(out / runfolder.CONFIG_JSON))
+        console.print(f"resuming {out} with its saved configuration ({runfolder.CONFIG_JSON})")
+    _check(config)
+    state = Pruning(config, out)
+    if not resume:
+        shutil.copyfile(state.source.path / runfolder.SPLIT_JSON, out / runfolder.SPLIT_JSON)
+        write_json(out / runfolder.CONFIG_JSON, asdict(config))
+    keep, target = state.final_keep()
+    source_metrics = state.source.info.get("metrics", {})
+    start = {"step": 0, "keep": 1.0, "widths": state.source_widths, **state.work(state.source_widths),
+             "val_top1": source_metrics.get("val", {}).get("top1"), "test_top1": source_metrics.get("test", {}).get("top1"),
+             "latency": None}
+    console.print(f"pruning {state.source.path} to keep {keep:.3f} of each layer in {config.steps} step(s) "
+                  f"({start['macs'] / 1e9:.2f} G multiply-adds now)")
+    model, records = state.teacher, [start]
+    for index in range(1, config.steps + 1):
+        step_keep = keep ** (index / config.steps)
+        widths = scaled_widths(state.source_widths, step_keep, round_to=config.round_to)
+        model, report = state.run_step(index, model, widths, step_keep)
+        records.append(report)
+        _log(out, records)
+    return _finish(state, records, target)
+
+
+def _log(out: Path, records: list[dict]) -> None:
+    write_text(out / PRUNE_LOG, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _finish(state: Pruning, records: list[dict], target: dict) -> dict:
+    from vgg_deploy.plots import plot_pruning
+
+    out, last = state.out, state.out / "steps" / str(state.config.steps)
+    for name in COPIED_FROM_LAST_STEP:
+        shutil.copyfile(last / name, out / name)
+    info = read_json(last / runfolder.MODEL_JSON)
+    info["pruning"].update({"target": target, "steps_report": records})
+    plot_pruning(records, out / PRUNE_PLOT)
+    shutil.rmtree(out / TIMING_DIR, ignore_errors=True)
+    runfolder.write_model_json(out, info)  # last: its presence marks PRUNED/ as a finished run
+    final = records[-1]
+    speed = f", {final['latency']['speedup']:.2f}x faster ({L.RUNTIME})" if final["latency"] else ""
+    test = f", test top-1 {final['test_top1']:.3f} (reported only)" if final["test_top1"] is not None else ""
+    console.print(f"pruned: {final['macs'] / records[0]['macs']:.2f} of the multiply-adds, "
+                  f"{final['parameters'] / records[0]['parameters']:.2f} of the parameters{speed}; "
+                  f"val top-1 {final['val_top1']:.3f}{test} -> {out / runfolder.WEIGHTS}")
+    return info
