@@ -95,9 +95,12 @@ def latency(args) -> dict:
     variants = {"dense": DENSE_WIDTHS}
     for keep in [float(k) for k in args.keeps.split(",")]:
         variants[f"keep {keep}"] = scaled_widths(DENSE_WIDTHS, keep, round_to=args.round_to)
+    if args.also_round_to:  # the "8 vs 16": the same keep, widths rounded to another multiple
+        keep = float(args.keeps.split(",")[len(args.keeps.split(",")) // 2])
+        variants[f"keep {keep}, round {args.also_round_to}"] = scaled_widths(DENSE_WIDTHS, keep, round_to=args.also_round_to)
     specs, info = [], {}
     for name, widths in variants.items():
-        folder = work / name.replace(" ", "-")
+        folder = work / name.replace(" ", "-").replace(",", "")
         if not (folder / "export" / "model.int8.onnx").is_file():
             shutil.rmtree(folder, ignore_errors=True)
             _timing_run(widths, folder, source, args.image_size)
@@ -141,6 +144,7 @@ def main() -> None:
     lat.add_argument("--keeps", default="0.837,0.703,0.547")
     lat.add_argument("--image-size", type=int, default=224)
     lat.add_argument("--round-to", type=int, default=8)
+    lat.add_argument("--also-round-to", type=int, default=16, help="0: skip the rounding comparison")
     lat.add_argument("--rounds", type=int, default=5)
     lat.add_argument("--iterations", type=int, default=30)
     lat.add_argument("--threads", type=int, default=2)

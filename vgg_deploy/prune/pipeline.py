@@ -45,6 +45,7 @@ PRUNE_PLOT = "prune.png"
 STEP_REPORT = "prune_step.json"
 RECOVERED = "recovered.json"  # recovery finished (what remains of the step is measuring it)
 PRUNED_UNTRAINED = "pruned.safetensors"  # a step's widths before recovery: where a resumed step starts
+TARGET_JSON = "prune_target.json"  # the target and the keep fraction it resolved to
 TIMING_DIR = ".timing"  # the source's ONNX file, exported once for every latency comparison
 COPIED_FROM_LAST_STEP = (runfolder.WEIGHTS, runfolder.EPOCH_LOG, runfolder.CURVES_PNG)
 
@@ -280,10 +281,17 @@ def prune(config: PruneConfig, *, resume: bool = False) -> dict:
         console.print(f"resuming {out} with its saved configuration ({runfolder.CONFIG_JSON})")
     _check(config)
     state = Pruning(config, out)
-    if not resume:
+    if resume:
+        # Decided once: a re-measured speed-up search could land elsewhere and change the steps' widths.
+        target = read_json(out / TARGET_JSON)
+        keep = target["keep"]
+    else:
+        keep, target = state.final_keep()
+        target["keep"] = keep
+        # Written only once the target is known reachable, so a refused request leaves --out reusable.
         shutil.copyfile(state.source.path / runfolder.SPLIT_JSON, out / runfolder.SPLIT_JSON)
+        write_json(out / TARGET_JSON, target)
         write_json(out / runfolder.CONFIG_JSON, asdict(config))
-    keep, target = state.final_keep()
     source_metrics = state.source.info.get("metrics", {})
     start = {"step": 0, "keep": 1.0, "widths": state.source_widths, **state.work(state.source_widths),
              "val_top1": source_metrics.get("val", {}).get("top1"), "test_top1": source_metrics.get("test", {}).get("top1"),
