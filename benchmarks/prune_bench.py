@@ -128,6 +128,34 @@ def latency(args) -> dict:
     return {"image_size": args.image_size, "variants": info, "rows": rows, "rounds": args.rounds}
 
 
+def plot(_args) -> None:
+    """results/prune_curve.png: test top-1 (digits, 32 px) against 224 px INT8 latency of the same widths."""
+    from vgg_deploy.plots import _pyplot
+
+    acc = json.loads((RESULTS / "prune_accuracy.json").read_text())["rows"]
+    lat = {r["row"]: r["p50_ms"] for r in json.loads((RESULTS / "prune_latency.json").read_text())["rows"]}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for runtime, marker in (("openvino", "o-"), ("onnxruntime", "s--")):
+        xs, ys, labels = [], [], []
+        for row in acc:
+            name = "dense" if row["target_macs"] == 1.0 else f"keep {row['keep']}"
+            top1 = row["int8"]["accuracy"]["top1"] if "int8" in row else row["test_top1_fp32"]
+            xs.append(lat[f"{name}, INT8 ({runtime})"])
+            ys.append(top1)
+            labels.append("dense (FP32 top-1)" if name == "dense" else f"MACs {row['target_macs']}")
+        ax.plot(xs, ys, marker, label=f"INT8 on {runtime}")
+        for x, y, label in zip(xs, ys, labels if runtime == "openvino" else []):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set(xlabel="batch-1 latency at 224 px, ms (2-core EPYC)", ylabel="test top-1 (digits, 32 px)",
+           title="pruned VGG16: accuracy against latency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "prune_curve.png", dpi=100)
+    print(f"wrote {RESULTS / 'prune_curve.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
@@ -151,7 +179,10 @@ def main() -> None:
     for p in (acc, lat):
         p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vgg-prune-bench"))
         p.add_argument("--out", default=None)
+    sub.add_parser("plot", help="results/prune_curve.png from the two JSON files")
     args = parser.parse_args()
+    if args.part == "plot":
+        return plot(args)
     result = {"machine": _machine(), **(accuracy(args) if args.part == "accuracy" else latency(args))}
     out = Path(args.out) if args.out else RESULTS / f"prune_{args.part}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

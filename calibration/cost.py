@@ -1,10 +1,13 @@
-"""Multiply-adds per image of each Conv/Gemm/MatMul node, read from the ONNX graph's shapes."""
+"""What keeping a node out of INT8 costs: its multiply-adds per image and weight elements, read from the ONNX
+graph's shapes, and an estimate in milliseconds that counts both (at batch 1 a fully connected layer is
+bound by reading its weights, not by its arithmetic)."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import onnx
 
@@ -45,3 +48,34 @@ def node_macs(model_path: str | os.PathLike[str], input_shape: Sequence[int],
             k = weight[1] if transposed else weight[0]
             macs[node.name] = math.prod(out[1:]) * k
     return macs
+
+
+def node_weight_elements(model_path: str | os.PathLike[str], op_types: Sequence[str] = QUANTIZED_OP_TYPES) -> dict[str, int]:
+    """{node name: elements of its weight (second input)}, from the graph's initializer dims alone."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    return {node.name: math.prod(dims[node.input[1]]) for node in graph.node
+            if node.op_type in op_types and node.input[1] in dims}
+
+
+@dataclass(frozen=True)
+class FloatCostModel:
+    """Milliseconds a node adds when it runs in FP32 instead of INT8, at batch 1: the slower of its arithmetic
+    at the FP32 GEMM rate and reading its FP32 weights. The defaults were measured on the 2-core reference
+    machine (benchmarks/README.md, INT8): FP32 GEMM peak 99 G multiply-adds/s (the roofline probe), and about
+    30 GB/s of weights read, from what keeping fc6 (411 MB, +28% of 48 ms) and fc7 (67 MB) in FP32 cost. Only
+    the ranking uses it, so the ratio of the two rates matters, not the machine's speed."""
+
+    macs_per_s: float = 99e9
+    weight_bytes_per_s: float = 30e9
+    bytes_per_weight: int = 4
+
+    def ms(self, macs: int, weight_elements: int) -> float:
+        return 1000.0 * max(macs / self.macs_per_s, weight_elements * self.bytes_per_weight / self.weight_bytes_per_s)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "formula": "max(macs / macs_per_s, weight bytes / weight_bytes_per_s), batch 1"}
+
+
+def float_cost_ms(macs: dict[str, int], weight_elements: dict[str, int], model: FloatCostModel = FloatCostModel()) -> dict[str, float]:
+    return {node: model.ms(count, weight_elements.get(node, 0)) for node, count in macs.items()}

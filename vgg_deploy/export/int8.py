@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import calibration
-from calibration.cost import node_macs
+from calibration.cost import FloatCostModel, float_cost_ms, node_macs, node_weight_elements
 from calibration.fallback import search_fallback
 from calibration.quantize import PLACEMENTS
 from calibration.ranges import METHODS, resolve_options
@@ -113,6 +113,8 @@ def build_int8(
     trt_table = calibration.write_tensorrt_table(cache.load(), cache_dir / "tensorrt-ep")
     names = vgg_layer_names(fp32_path)
     macs = node_macs(fp32_path, image_shape)
+    cost_model = FloatCostModel()
+    cost = float_cost_ms(macs, node_weight_elements(fp32_path), cost_model)
     console.print(f"int8: Q/DQ placed for {placement}: {PLACEMENTS[placement]}")
 
     # Logits of every file the search evaluated, by what it kept: the final file is one of them, and is
@@ -137,7 +139,7 @@ def build_int8(
                                                 input_name=input_name)
 
     budget = float("inf") if max_accuracy_drop is None else max_accuracy_drop
-    result = search_fallback(build=build, disagreement=decide, rank=rank, macs=macs, budget=budget,
+    result = search_fallback(build=build, disagreement=decide, rank=rank, cost=cost, budget=budget,
                              max_kept=max_fp32_layers)
 
     def label(node: str) -> str:
@@ -160,7 +162,7 @@ def build_int8(
     sqnr = {layer["node"]: layer for layer in layer_sqnr(fp32_path, out, calib_batches[:SENSITIVITY_BATCHES],
                                                          input_name=input_name)}
     kept_precision, kept_why = KEPT_PRECISION[placement]
-    layers = [{"node": node, "layer": names.get(node, node), "macs": int(count),
+    layers = [{"node": node, "layer": names.get(node, node), "macs": int(count), "float_cost_ms": round(cost[node], 4),
                "precision": kept_precision if node in result.kept else "int8",
                **{k: round(float(v), 3) for k, v in sqnr.get(node, {}).items() if k != "node"}}
               for node, count in macs.items()]
@@ -172,7 +174,7 @@ def build_int8(
                   f"{reported['images']} test images)")
     kept_out = [{"node": step["kept"], "layer": names.get(step["kept"], step["kept"]), "precision": kept_precision,
                  "precision_why": kept_why, "input": KEPT_INPUT[placement], "why": step["why"],
-                 "macs": int(macs[step["kept"]]),
+                 "macs": int(macs[step["kept"]]), "float_cost_ms": round(cost[step["kept"]], 4),
                  "disagreement_before": step["disagreement_before"], "disagreement_after": step["disagreement_after"]}
                 for step in result.steps]
     return {
@@ -195,6 +197,7 @@ def build_int8(
                      "disagreement_points": result.disagreement, "min_images": DECISION_MIN_IMAGES},
         "kept_out_of_int8": kept_out,
         "fallback_steps": result.steps,
+        "fallback_cost_model": cost_model.to_dict(),
         "layers": layers,
         "qdq": calibration.qdq_properties(out),
     }
