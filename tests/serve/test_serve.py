@@ -150,7 +150,10 @@ def test_ctrl_c_stops_the_cli_and_everything_it_started(exported_run, test_image
                "--backend", "openvino", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                "--no-dynamic-batching"]
     others = set(exported_run.glob(".serve-*"))  # the module's own server, if it is up
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: SIGINT's default action, even where this suite runs as a background job (which
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in process.stderr:
