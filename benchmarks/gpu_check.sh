@@ -2,7 +2,8 @@
 # The whole GPU path in one command, for whoever has a CUDA GPU (this project's CI machines have none):
 #   bash benchmarks/gpu_check.sh [OUT]            (OUT defaults to gpu-check/)
 # 1. the GPU tests (tests/gpu: CUDA training step under autocast, CUDA runners, TensorRT where installed);
-# 2. a small real pipeline on the GPU: sample data (3 classes, 64 px), finetune --device cuda, export (ONNX
+# 2. a small real pipeline on the GPU: sample data (3 classes, 64 px), finetune --device cuda, prune --device
+#    cuda (2 steps: Taylor scores and distilled recovery on the GPU), export of the finetune run (ONNX
 #    FP32/FP16/INT8, plus TensorRT engines with their parity check when `tensorrt` imports), and benchmark
 #    --provider cuda (and --provider tensorrt when onnxruntime has that provider), 2 rounds;
 # 3. OUT/summary.json: what ran, what was skipped and why, and the key figures.
@@ -35,6 +36,11 @@ rm -rf "$OUT/data" "$OUT/run"
 for extra in cross stripes checker; do rm -rf "$OUT/data/$extra"; done
 "$PY" -m vgg_deploy finetune "$OUT/data" --out "$OUT/run" --weights none --case large-different --image-size 64 \
   --epochs 2 --batch-size 16 --device "$DEVICE" > "$OUT/finetune.log" 2>&1 || status=1
+
+step "prune on $DEVICE (scoring, surgery and distilled recovery on the device)"
+rm -rf "$OUT/pruned"
+"$PY" -m vgg_deploy prune "$OUT/run" --out "$OUT/pruned" --target-macs 0.6 --steps 2 --epochs 1 --batch-size 16 \
+  --latency-rounds 1 --device "$DEVICE" > "$OUT/prune.log" 2>&1 || status=1
 
 formats=onnx,onnx-fp16,onnx-int8
 [ "$HAS_TRT" = 1 ] && [ "$DEVICE" = cuda ] && formats=$formats,trt-fp16,trt-int8
@@ -71,6 +77,9 @@ summary = {
                   for a in manifest.get("artifacts", [])},
     "skipped_artifacts": manifest.get("skipped", []),
     "benchmarks": {},
+    "prune": [{k: r.get(k) for k in ("step", "keep", "macs", "val_top1_before_recovery", "val_top1", "test_top1")}
+              for r in ((load(out / "pruned" / "model.json") or {}).get("pruning") or {}).get("steps_report", [])],
+    "prune_training": (load(out / "pruned" / "model.json") or {}).get("training"),
 }
 for report_path in sorted(out.glob("report-*.json")):
     report = load(report_path) or {}

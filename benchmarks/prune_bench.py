@@ -56,7 +56,7 @@ def accuracy(args) -> dict:
     rows = [{"target_macs": 1.0, "test_top1_fp32": source.info["metrics"]["test"]["top1"],
              "val_top1": source.info["metrics"]["val"]["top1"]}]
     work = Path(args.work)
-    for target in [float(t) for t in args.targets.split(",")]:
+    for target in [float(t) for t in args.targets.split(",") if t]:
         out = work / f"pruned-{target}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
@@ -72,7 +72,31 @@ def accuracy(args) -> dict:
                      "val_top1": final["val_top1"], "test_top1_fp32": final["test_top1"],
                      "int8": _int8_figures(out), "steps": steps, "prune_seconds": seconds})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "steps"}, default=str))
-    return {"run": args.run, "rows": rows}
+    result = {"run": args.run, "rows": rows}
+    if args.control:
+        result["dense_control"] = control(args)
+    return result
+
+
+def control(args) -> dict:
+    """The same recovery training at full width: what the extra epochs alone give the dense model (distilling
+    from itself, same rates, same number of epochs as all the pruning steps together), so that a pruned model
+    is compared with a dense one trained as long."""
+    from vgg_deploy.prune.pipeline import Pruning
+
+    out = Path(args.work) / "dense-control"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    config = PruneConfig(run=args.run, out=str(out), target_macs=0.99, steps=1, epochs=args.steps * args.epochs,
+                         latency_rounds=0, batch_size=args.batch_size)
+    state = Pruning(config, out)
+    _, report = state.run_step(1, state.teacher, state.source_widths, 1.0)
+    step = out / "steps" / "1"
+    export(step, ExportOptions(formats=["onnx", "onnx-int8"], check_images=None))
+    row = {"control": "dense, same recovery epochs", "epochs": config.epochs, "val_top1": report["val_top1"],
+           "test_top1_fp32": report["test_top1"], "int8": _int8_figures(step)}
+    print(json.dumps(row, default=str))
+    return row
 
 
 def _timing_run(widths: dict, out: Path, source: runfolder.Run, image_size: int) -> Path:
@@ -167,6 +191,7 @@ def main() -> None:
     acc.add_argument("--criterion", default="taylor")
     acc.add_argument("--batch-size", type=int, default=32)
     acc.add_argument("--latency-rounds", type=int, default=3)
+    acc.add_argument("--control", action="store_true", help="also train the dense model as long, unpruned")
     lat = sub.add_parser("latency")
     lat.add_argument("run", help="a run whose split gives the calibration images")
     lat.add_argument("--keeps", default="0.837,0.703,0.547")

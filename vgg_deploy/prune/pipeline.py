@@ -196,9 +196,10 @@ class Pruning:
         saved = step_dir / PRUNED_UNTRAINED
         if saved.is_file():
             return runfolder.load_weights(saved, num_classes=len(self.class_names), widths=widths)
-        scores = channel_scores(model, self.config.criterion, batches=self._score_batches(seed), loss_fn=self.hard_loss,
-                                device=self.device, max_batches=self.config.score_batches)
-        pruned = prune_to_widths(copy.deepcopy(model).to(self.device), widths, scores).cpu().eval()
+        candidate = copy.deepcopy(model).to(self.device)  # scored where its batches run; the previous step's stays
+        scores = channel_scores(candidate, self.config.criterion, batches=self._score_batches(seed),
+                                loss_fn=self.hard_loss, device=self.device, max_batches=self.config.score_batches)
+        pruned = prune_to_widths(candidate, widths, scores).cpu().eval()
         runfolder.save_weights(pruned, saved)
         return pruned
 
@@ -259,7 +260,7 @@ class Pruning:
             "widths": widths,
             "case": source_info.get("case"),
             "plan": plan.to_dict(),
-            "weights": {"source": str(self.source.path.resolve()), "pretrained": True, "pruned_from": True},
+            "weights": {"source": str(self.source.path.resolve()), "pretrained": True, "pruned": True},
             "pruning": {"source_run": str(self.source.path.resolve()), "step": index, "steps": self.config.steps,
                         "criterion": self.config.criterion, "distill": self.config.distill,
                         "round_to": self.config.round_to},
