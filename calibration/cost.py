@@ -16,10 +16,16 @@ from calibration.quantize import QUANTIZED_OP_TYPES
 
 def node_macs(model_path: str | os.PathLike[str], input_shape: Sequence[int],
               op_types: Sequence[str] = QUANTIZED_OP_TYPES) -> dict[str, int]:
-    """{node name: multiply-adds for one image of `input_shape` (batch dimension excluded)}.
+    """{node name: multiply-adds for one image of `input_shape` (batch dimension excluded)}."""
+    return node_macs_and_weights(model_path, input_shape, op_types)[0]
 
-    Only the graph is read (weights stay on disk); shapes come from ONNX shape inference with the
-    input's batch fixed to 1."""
+
+def node_macs_and_weights(model_path: str | os.PathLike[str], input_shape: Sequence[int],
+                          op_types: Sequence[str] = QUANTIZED_OP_TYPES) -> tuple[dict[str, int], dict[str, int]]:
+    """({node: multiply-adds per image}, {node: elements of its weight}), from one read of the file.
+
+    Only the graph's shapes are used (external weights stay on disk); they come from ONNX shape inference
+    with the input's batch fixed to 1."""
     model = onnx.load(str(model_path), load_external_data=False)
     graph = model.graph
     dims = graph.input[0].type.tensor_type.shape.dim
@@ -32,6 +38,7 @@ def node_macs(model_path: str | os.PathLike[str], input_shape: Sequence[int],
               for v in [*inferred.value_info, *inferred.output, *inferred.input]}
     weights = {init.name: list(init.dims) for init in graph.initializer}
     macs: dict[str, int] = {}
+    elements: dict[str, int] = {}
     for node in inferred.node:
         if node.op_type not in op_types:
             continue
@@ -39,6 +46,7 @@ def node_macs(model_path: str | os.PathLike[str], input_shape: Sequence[int],
         weight = weights.get(node.input[1])
         if not out or weight is None:
             raise ValueError(f"cannot size {node.op_type} node {node.name!r}: its output shape or weight is unknown")
+        elements[node.name] = math.prod(weight)
         if node.op_type == "Conv":
             # Each output element costs (input channels / groups) x kernel area multiply-adds.
             macs[node.name] = math.prod(out[1:]) * math.prod(weight[1:])
@@ -47,15 +55,7 @@ def node_macs(model_path: str | os.PathLike[str], input_shape: Sequence[int],
             transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
             k = weight[1] if transposed else weight[0]
             macs[node.name] = math.prod(out[1:]) * k
-    return macs
-
-
-def node_weight_elements(model_path: str | os.PathLike[str], op_types: Sequence[str] = QUANTIZED_OP_TYPES) -> dict[str, int]:
-    """{node name: elements of its weight (second input)}, from the graph's initializer dims alone."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    dims = {init.name: list(init.dims) for init in graph.initializer}
-    return {node.name: math.prod(dims[node.input[1]]) for node in graph.node
-            if node.op_type in op_types and node.input[1] in dims}
+    return macs, elements
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import calibration
-from calibration.cost import FloatCostModel, float_cost_ms, node_macs, node_weight_elements
+from calibration.cost import FloatCostModel, float_cost_ms, node_macs_and_weights
 from calibration.fallback import search_fallback
 from calibration.quantize import node_names
 
@@ -58,8 +58,8 @@ def test_an_injected_very_sensitive_layer_is_found_first(crushed_onnx, tmp_path)
     assert rank(build([]))[0][0] == first_conv
     before = disagreement(build([]))
     result = search_fallback(build=build, disagreement=disagreement, rank=rank,
-                             cost=float_cost_ms(node_macs(crushed_onnx, (3, 16, 16)),
-                                                node_weight_elements(crushed_onnx)), budget=5.0, max_kept=2)
+                             cost=float_cost_ms(*node_macs_and_weights(crushed_onnx, (3, 16, 16))), budget=5.0,
+                             max_kept=2)
     assert before > 20.0  # the injection really hurts
     assert result.kept[0] == first_conv and result.met and result.disagreement <= 5.0
     assert calibration.qdq_properties(out)["float_nodes"] == sorted(result.kept)
@@ -133,5 +133,6 @@ def test_the_cost_counts_weight_reads_so_fc6_at_batch_1_costs_more_than_conv5_3(
 
 
 def test_weight_elements_come_from_the_graph(tiny_onnx):
-    elements = node_weight_elements(tiny_onnx)
+    macs, elements = node_macs_and_weights(tiny_onnx, (3, 16, 16))
+    assert set(elements) == set(macs)
     assert sorted(elements.values()) == sorted([8 * 3 * 9, 16 * 8 * 9, 16 * 4])

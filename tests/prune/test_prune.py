@@ -65,17 +65,21 @@ def test_a_pruned_run_exports_with_parity(pruned_run, tmp_path):
 
 
 def test_a_resumed_prune_ends_where_an_unbroken_one_does(pruned_run, learned_run, tmp_path, monkeypatch):
-    original = TrainingLoop._save_resume
+    # What a prune interrupted in step 2 leaves: its start files and step 1, finished. (Copied from the unbroken
+    # run rather than trained again, to keep the suite short; step 2 then runs here, interrupted and resumed.)
     out = tmp_path / "run"
+    shutil.copytree(pruned_run / "steps" / "1", out / "steps" / "1")
+    for name in ("config.json", "split.json", "prune_target.json"):
+        shutil.copyfile(pruned_run / name, out / name)
+    original = TrainingLoop._save_resume
 
     def interrupted(self, epoch, optimizer, scheduler):
         original(self, epoch, optimizer, scheduler)
-        if self.out.name == "2":  # in step 2, after its first recovery epoch
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt  # after step 2's first recovery epoch
 
     monkeypatch.setattr(TrainingLoop, "_save_resume", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prune(PruneConfig(run=str(learned_run), out=str(out), **PRUNE_SETTINGS))
+        prune(PruneConfig(run=str(learned_run), out=str(out)), resume=True)
     assert (out / "steps" / "2" / "resume.pt").is_file() and not (out / "model.json").exists()
     monkeypatch.setattr(TrainingLoop, "_save_resume", original)
     with pytest.raises(RunFolderError, match="already holds a run"):
@@ -86,6 +90,8 @@ def test_a_resumed_prune_ends_where_an_unbroken_one_does(pruned_run, learned_run
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
     assert [r["val_top1"] for r in _log(out)] == [r["val_top1"] for r in _log(pruned_run)]
+    epochs = [json.loads(line)["epoch"] for line in (out / "steps" / "2" / "epochs.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
     with pytest.raises(RunFolderError, match="already finished"):
         prune(PruneConfig(run=str(learned_run), out=str(out)), resume=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import calibration
-from calibration.cost import FloatCostModel, float_cost_ms, node_macs, node_weight_elements
+from calibration.cost import FloatCostModel, float_cost_ms, node_macs_and_weights
 from calibration.fallback import search_fallback
 from calibration.quantize import PLACEMENTS
 from calibration.ranges import METHODS, resolve_options
@@ -112,9 +112,9 @@ def build_int8(
     options = resolve_options(method)
     trt_table = calibration.write_tensorrt_table(cache.load(), cache_dir / "tensorrt-ep")
     names = vgg_layer_names(fp32_path)
-    macs = node_macs(fp32_path, image_shape)
+    macs, weight_elements = node_macs_and_weights(fp32_path, image_shape)
     cost_model = FloatCostModel()
-    cost = float_cost_ms(macs, node_weight_elements(fp32_path), cost_model)
+    cost = float_cost_ms(macs, weight_elements, cost_model)
     console.print(f"int8: Q/DQ placed for {placement}: {PLACEMENTS[placement]}")
 
     # Logits of every file the search evaluated, by what it kept: the final file is one of them, and is
