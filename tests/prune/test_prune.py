@@ -109,6 +109,26 @@ def test_bad_prune_requests_are_one_line_errors(learned_run, tmp_path, extra, me
     assert not (tmp_path / "p" / "model.json").exists()
 
 
+def test_a_refused_speedup_target_leaves_out_as_it_found_it(learned_run, tmp_path, monkeypatch):
+    from vgg_deploy.errors import VggDeployError
+    from vgg_deploy.prune import latency
+
+    def export(model, path, **_):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"onnx")
+        return path
+
+    def unreachable(files, **_):  # every candidate as slow as the source
+        return dict.fromkeys(files, 10.0)
+
+    monkeypatch.setattr(latency, "export_for_timing", export)
+    monkeypatch.setattr(latency, "median_latency_ms", unreachable)
+    out = tmp_path / "p"
+    with pytest.raises(VggDeployError, match="not reached"):
+        prune(PruneConfig(run=str(learned_run), out=str(out), target_speedup=2.0, latency_rounds=1, workers=0))
+    assert not (out / ".timing").exists() and not (out / "config.json").exists()
+
+
 def test_pruning_a_folder_that_is_not_a_run_names_it(tmp_path):
     result = CliRunner().invoke(app, ["prune", str(tmp_path), "--out", str(tmp_path / "p"), "--target-macs", "0.5"])
     assert result.exit_code == 1 and "model.json is missing" in result.output

@@ -287,7 +287,14 @@ def prune(config: PruneConfig, *, resume: bool = False) -> dict:
         target = read_json(out / TARGET_JSON)
         keep = target["keep"]
     else:
-        keep, target = state.final_keep()
+        # Never time against another source's file left by an interrupted start, and leave none behind when
+        # the target is refused (at 224 px it is a 530 MB ONNX file).
+        shutil.rmtree(out / TIMING_DIR, ignore_errors=True)
+        try:
+            keep, target = state.final_keep()
+        except BaseException:
+            shutil.rmtree(out / TIMING_DIR, ignore_errors=True)
+            raise
         target["keep"] = keep
         # Written only once the target is known reachable, so a refused request leaves --out reusable.
         shutil.copyfile(state.source.path / runfolder.SPLIT_JSON, out / runfolder.SPLIT_JSON)
