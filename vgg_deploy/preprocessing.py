@@ -36,10 +36,12 @@ class Preprocessing:
     )
 
     @classmethod
-    def for_image_size(cls, image_size: int) -> Preprocessing:
+    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Preprocessing:
+        """`mean` and `std` are the normalisation the starting weights expect (torchvision's by default)."""
         if image_size < 32:
             raise ValueError(f"image size {image_size} is below VGG16's minimum of 32 px (five 2x poolings)")
-        return cls(image_size=image_size, resize=math.ceil(image_size / DEFAULT_CROP_FRACTION))
+        return cls(image_size=image_size, resize=math.ceil(image_size / DEFAULT_CROP_FRACTION),
+                   mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -12,6 +12,7 @@ from vgg_deploy.data import Split
 from vgg_deploy.errors import RunFolderError
 from vgg_deploy.fileio import atomic_path, read_json, write_json
 from vgg_deploy.preprocessing import Preprocessing
+from vgg_deploy.heads import CLASSIC, check_head
 from vgg_deploy.widths import check_widths, vgg16_with_widths
 
 WEIGHTS = "model.safetensors"
@@ -53,6 +54,11 @@ class Run:
         return self.info.get("widths")
 
     @property
+    def head(self) -> str:
+        """classic (torchvision's fc6-fc8) or pooled (heads.py); runs before heads existed are classic."""
+        return self.info.get("head", {}).get("kind", CLASSIC)
+
+    @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.info["preprocessing"])
 
@@ -80,6 +86,7 @@ def open_run(run: str | Path) -> Run:
             raise ValueError("fewer than two class names")
         if info.get("widths") is not None:
             check_widths(info["widths"])
+        check_head(info.get("head", {}).get("kind", CLASSIC), info.get("widths"))
     except (ValueError, KeyError, TypeError) as err:
         raise RunFolderError(f"{model_json} is not a valid model description ({err})") from None
     return Run(run, info)

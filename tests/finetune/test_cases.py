@@ -17,11 +17,21 @@ def vgg():
     return new_vgg16(1000)
 
 
-@pytest.mark.parametrize("case", cases.CASES)
-def test_after_a_step_exactly_the_planned_parameters_changed(vgg, case):
-    model = vgg
+CONV_ONLY = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+SOURCES = [pytest.param(cases.BODY_GROUPS, cases.CLASSIC_HEAD, case, id=f"whole-body-{case}") for case in cases.CASES]
+SOURCES += [pytest.param(CONV_ONLY, cases.POOLED_HEAD, case, id=f"conv-only-pooled-{case}") for case in cases.CASES]
+SOURCES += [pytest.param(CONV_ONLY, cases.CLASSIC_HEAD, "small-similar", id="conv-only-classic-small-similar")]
+
+
+@pytest.mark.parametrize("groups, head, case", SOURCES)
+def test_after_a_step_exactly_the_planned_parameters_changed(vgg, case, groups, head):
+    from vgg_deploy.heads import with_pooled_head
+
+    model = with_pooled_head(vgg, 3) if head == cases.POOLED_HEAD else vgg
     replace_head(model, 3, seed=0)
-    plan = cases.plan_for_case(case, lr=1e-3, pretrained=True, epochs=10)
+    plan = cases.plan_for_case(case, lr=1e-3, pretrained_groups=groups, epochs=10, head=head)
     O.apply_freeze(model, plan)
     optimizer = O.build_optimizer(model, plan, weight_decay=0.05)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -38,10 +48,25 @@ def test_after_a_step_exactly_the_planned_parameters_changed(vgg, case):
         planned = group in plan.trained
         assert changed == planned, f"{case}: {name} ({group}) changed={changed}, planned={planned}"
         assert (id(param) in in_optimizer) == planned
-    for group in plan.frozen:
+    for group in (*plan.frozen, *plan.fixed):
         assert all(not m.training for m in group_modules(model, group))
     for group in plan.trained:
         assert all(m.training for m in group_modules(model, group))
+
+
+@pytest.mark.parametrize("case", cases.CASES)
+def test_a_conv_only_source_never_freezes_its_random_layers(case):
+    classic = cases.plan_for_case(case, pretrained_groups=CONV_ONLY, epochs=10)
+    assert set(classic.frozen) <= set(CONV_ONLY) and {"fc6", "fc7", "fc8"} <= set(classic.trained)
+    # Random fc6/fc7 learn at the new head's rate (scaled for their fan-in), never at a pretrained layer's.
+    assert classic.lr["fc6"] == pytest.approx(cases.FC_LR_FACTOR * classic.lr["fc8"])
+    for group in CONV_ONLY:
+        assert group in classic.frozen or classic.lr[group] == pytest.approx(
+            classic.lr["fc8"] * cases.PRETRAINED_LR_FACTOR.get(case, 1.0))
+    pooled = cases.plan_for_case(case, pretrained_groups=CONV_ONLY, epochs=10, head=cases.POOLED_HEAD)
+    assert pooled.fixed == ("fc6", "fc7") and not set(pooled.fixed) & set(pooled.frozen + pooled.trained)
+    assert pooled.cache_features == (case == "small-similar")
+    assert not classic.cache_features  # random fc6/fc7 train, so nothing below fc8 can be cached
 
 
 def test_plans_follow_the_recipe_table():
@@ -74,16 +99,34 @@ def test_early_stopping_waits_for_the_warmup():
     assert O.warmup_epochs(scratch, steps_per_epoch=3, epochs=20) == 2  # 6 of 60 steps
 
 
+def _probes(**scores):
+    return [{"depth": d, "val_top1": v, "val_se": 0.01} for d, v in scores.items()]
+
+
 def test_auto_decision_prints_thresholds_and_reasons():
     small = cases.decide_case(train_counts=[40, 50], pretrained=True,
-                              similarity={"early_knn_top1": 0.5, "fc7_knn_top1": 0.9})
-    assert small.case == "small-similar"
+                              probes=_probes(pool3=0.5, pool4=0.7, pool5=0.8, fc7=0.9))
+    # Small data: similar, yet the top blocks fine-tune from the probe, kept only if they beat it on val.
+    assert small.case == "small-different" and small.similarity == "similar"
     assert str(cases.SMALL_MAX_IMAGES_PER_CLASS) in small.reasons[0]
+    assert "fc7" in small.reasons[1] and "0.900" in small.reasons[1] and "beats the probe" in small.reasons[2]
+    large = cases.decide_case(train_counts=[4000, 5000], pretrained=True,
+                              probes=_probes(pool3=0.5, pool4=0.7, pool5=0.8, fc7=0.9))
+    assert large.case == "large-similar"
     different = cases.decide_case(train_counts=[4000, 5000], pretrained=True,
-                                  similarity={"early_knn_top1": 0.8, "fc7_knn_top1": 0.6})
-    assert different.case == "large-different" and "conv3" in different.reasons[1]
-    scratch = cases.decide_case(train_counts=[10, 10], pretrained=False, similarity=None)
+                                  probes=_probes(pool3=0.6, pool4=0.8, pool5=0.7), shipped_depth="pool5")
+    assert different.case == "large-different" and "pool4" in different.reasons[1]
+    assert different.evidence["shipped_depth"] == "pool5" and len(different.evidence["probes"]) == 3
+    scratch = cases.decide_case(train_counts=[10, 10], pretrained=False, probes=None)
     assert scratch.case == "large-different" and "from scratch" in scratch.reasons[1]
+
+
+def test_similarity_allows_the_best_probes_standard_error():
+    # The best probe wins by less than its standard error: not evidence that the top blocks must move.
+    probes = [{"depth": "pool4", "val_top1": 0.80, "val_se": 0.05}, {"depth": "pool5", "val_top1": 0.76, "val_se": 0.05}]
+    assert cases.decide_similarity(probes, shipped_depth="pool5")[0] == "similar"
+    probes[0]["val_se"] = 0.01
+    assert cases.decide_similarity(probes, shipped_depth="pool5")[0] == "different"
 
 
 def test_lp_ft_backbone_waits_for_the_head_warmup():

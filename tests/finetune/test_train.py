@@ -5,7 +5,6 @@ import torch
 
 from vgg_deploy.finetune import devices as D, optimization as O
 from vgg_deploy.errors import VggDeployError
-from vgg_deploy.finetune.similarity import knn_leave_one_out_accuracy
 
 
 def test_warmup_then_cosine_to_zero():
@@ -34,10 +33,15 @@ def test_cuda_request_without_cuda_is_an_error(monkeypatch):
     assert D.resolve_device("auto").type == "cpu"
 
 
-def test_knn_accuracy_separates_clusters_from_noise():
+def test_probe_separates_clusters_from_noise_and_folds_its_standardisation():
+    from vgg_deploy.finetune.depth_probes import fit_probe
+
     torch.manual_seed(0)
-    labels = torch.arange(4).repeat_interleave(10)
+    labels = torch.arange(4).repeat_interleave(12)
     centres = torch.randn(4, 16) * 5
-    clustered = centres[labels] + torch.randn(40, 16) * 0.1
-    assert knn_leave_one_out_accuracy(clustered, labels) == 1.0
-    assert knn_leave_one_out_accuracy(torch.randn(40, 16), labels) < 0.6
+    clustered = centres[labels] + torch.randn(48, 16) * 0.5 + 100.0  # far from zero: the fold must hold
+    good = fit_probe("pool5", clustered[::2], labels[::2], clustered[1::2], labels[1::2], num_classes=4)
+    assert good.val_top1 == 1.0 and good.val_se < 1e-3
+    noise = torch.randn(48, 16)
+    bad = fit_probe("pool5", noise[::2], labels[::2], noise[1::2], labels[1::2], num_classes=4)
+    assert bad.val_top1 < 0.6

@@ -16,6 +16,12 @@ class Case(str, Enum):
     large_different = "large-different"
 
 
+class Head(str, Enum):
+    auto = "auto"
+    classic = "classic"
+    pooled = "pooled"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -33,8 +39,11 @@ def finetune_command(
     data: Path = typer.Argument(..., help="ImageFolder: one sub-folder per class (or train/, val/ and optionally test/ holding them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
     case: Case = typer.Option(Case.auto, help="Transfer-learning case; auto estimates size and similarity."),
-    weights: str = typer.Option("imagenet", help="imagenet, none, another run's folder (its fc8 is dropped), or PATH to "
-                                "a VGG16 state dict (.safetensors/.pt)."),
+    weights: str = typer.Option("imagenet", help="imagenet, none, another run's folder (its fc8 is dropped), PATH to a "
+                                "torchvision VGG16 state dict (.safetensors/.pt; whole, or conv-only features.*), or a "
+                                "Keras VGG16 weights file (.h5/.weights.h5)."),
+    head: Head = typer.Option(Head.auto, help="classic (fc6-fc8) or pooled (global average + linear); auto: pooled "
+                              "when the weights have no fc6/fc7."),
     image_size: int = typer.Option(224, min=32, help="Square input side in pixels."),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(32, min=1),
@@ -57,7 +66,7 @@ def finetune_command(
     from vgg_deploy.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(
-        data=str(data), out=str(out), case=case.value, weights=weights, image_size=image_size, epochs=epochs,
+        data=str(data), out=str(out), case=case.value, weights=weights, head=head.value, image_size=image_size, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_split=val_split,
         test_split=test_split, small_max_per_class=small_max_per_class, seed=seed, device=device.value,
         precision=precision.value, patience=patience, skip_bad_images=skip_bad_images, workers=workers,

@@ -17,8 +17,9 @@ CASES = ("small-similar", "small-different", "large-similar", "large-different")
 # Below this many training images per class (on average) a data set is "small": too few to move
 # 138M parameters without overfitting (CS231n's concern), plenty for a linear probe.
 SMALL_MAX_IMAGES_PER_CLASS = 1000
-# "similar" when fc7 features classify the user's images at least as well as an early block's,
-# within this margin (k-NN accuracy, leave-one-out): ImageNet's top features then still fit.
+# "similar" when the probe at the depth the model ships (fc7, or pool5 for the pooled head) classifies val as
+# well as the best probe at any depth, within this margin or one standard error of the best, whichever is
+# larger: the top of the pretrained stack then still fits, and nothing below it needs to move.
 SIMILARITY_MARGIN = 0.02
 
 # The recipe is AdamW with a rate per layer group (measured in benchmarks/README.md, "From scratch" and
@@ -36,6 +37,11 @@ FC_LR_FACTOR = 0.1
 FC_HIDDEN = ("fc6", "fc7")
 
 
+CLASSIC_HEAD = "classic"  # torchvision's fc6, fc7, fc8
+POOLED_HEAD = "pooled"  # global average pool + one linear layer (heads.py)
+BODY_GROUPS = tuple(g for g in GROUP_NAMES if g != HEAD)
+
+
 @dataclass(frozen=True)
 class FreezePlan:
     case: str
@@ -47,53 +53,97 @@ class FreezePlan:
     cache_features: bool  # everything below the head is frozen: run it once, cache its outputs
     from_scratch: bool
     batch_norm_folded: bool = False  # trained as VGG16-BN, saved with each BatchNorm folded into its conv
+    pretrained_groups: tuple[str, ...] = ()  # groups that came with learned weights
+    head: str = CLASSIC_HEAD
+    fixed: tuple[str, ...] = ()  # the pooled head's fc6 (the average) and fc7 (a pass-through): no weights to learn
+    head_init: str = "random"  # random, or "probe": fc8 starts as the linear probe auto fitted, and is kept unless beaten
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> list[str]:
         lines = [f"case: {self.case}" + (" (from scratch: no pretrained weights)" if self.from_scratch else "")]
+        if not self.from_scratch:
+            lines.append(f"pretrained: {', '.join(self.pretrained_groups)}")
         lines.append(f"frozen: {', '.join(self.frozen) or 'none'}")
         rates = ", ".join(f"{g} {self.lr[g]:.2g}" for g in self.trained)
         lines.append(f"trained (lr): {rates}")
         lines.append(f"re-initialised: {', '.join(self.reinitialised)}")
+        if self.head == POOLED_HEAD:
+            lines.append("head: pooled (global average of conv5's output, then one linear layer; fc6 averages and "
+                         "fc7 passes through, fixed)")
+        if self.head_init == "probe":
+            lines.append("fc8 starts as auto's linear probe (val epoch 0); training must beat it on val to replace it")
         if self.head_warmup_epochs:
             lines.append(f"head-only warm-up (LP-FT): {self.head_warmup_epochs} epoch(s)")
         if self.cache_features:
-            lines.append("frozen part runs once; its FP32 fc7 outputs are cached")
+            lines.append("frozen part runs once; its FP32 " + ("pooled" if self.head == POOLED_HEAD else "fc7")
+                         + " codes are cached")
         if self.batch_norm_folded:
             lines.append("trained as VGG16-BN; each BatchNorm is folded into its conv when saved")
         return lines
 
 
-def plan_for_case(case: str, *, lr: float | None = None, pretrained: bool, epochs: int) -> FreezePlan:
+def _frozen_for_case(case: str) -> tuple[str, ...]:
+    if case == "small-similar":
+        return BODY_GROUPS
+    if case == "small-different":
+        return ("conv1", "conv2", "conv3")
+    return ()
+
+
+def plan_for_case(case: str, *, lr: float | None = None, pretrained: bool | None = None,
+                  pretrained_groups: tuple[str, ...] | None = None, epochs: int, head: str = CLASSIC_HEAD,
+                  head_init: str = "random") -> FreezePlan:
+    """The case's plan for a source whose `pretrained_groups` hold learned weights (all of the body when only
+    `pretrained=True` is given). A group without learned weights is never frozen and never gets a pretrained
+    layer's rate; only with no pretrained weights at all (`--weights none`) does a freezing case freeze random
+    layers, as asked."""
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-    if case == "small-similar":
-        frozen = tuple(g for g in GROUP_NAMES if g != HEAD)
-    elif case == "small-different":
-        frozen = ("conv1", "conv2", "conv3")
-    else:
-        frozen = ()
-    trained = tuple(g for g in GROUP_NAMES if g not in frozen)
-    if pretrained or frozen:
+    if pretrained_groups is None:
+        pretrained_groups = BODY_GROUPS if pretrained else ()
+    pretrained_groups = tuple(g for g in BODY_GROUPS if g in pretrained_groups)
+    is_pretrained = bool(pretrained_groups)
+    fixed = FC_HIDDEN if head == POOLED_HEAD else ()
+    frozen = tuple(g for g in _frozen_for_case(case) if g not in fixed and (g in pretrained_groups or not is_pretrained))
+    trained = tuple(g for g in GROUP_NAMES if g not in frozen and g not in fixed)
+    if is_pretrained or frozen:
         # A new head on layers that keep (pretrained or, with --weights none, random) features.
-        head = lr if lr is not None else DEFAULT_HEAD_LR
-        conv = head * PRETRAINED_LR_FACTOR.get(case, 1.0)
+        head_lr = lr if lr is not None else DEFAULT_HEAD_LR
+        pretrained_lr = head_lr * PRETRAINED_LR_FACTOR.get(case, 1.0)
+        random_conv_lr = DEFAULT_SCRATCH_LR if is_pretrained else pretrained_lr
     else:
-        conv = lr if lr is not None else DEFAULT_SCRATCH_LR
-        head = conv * FC_LR_FACTOR
-    rates = {g: head if g == HEAD else conv * FC_LR_FACTOR if g in FC_HIDDEN else conv for g in trained}
-    warmup = max(1, round(0.2 * epochs)) if case == "large-similar" and pretrained and epochs > 1 else 0
+        pretrained_lr = random_conv_lr = lr if lr is not None else DEFAULT_SCRATCH_LR
+        head_lr = pretrained_lr * FC_LR_FACTOR
+    lp_done = head_init == "probe"
+    if lp_done and trained != (HEAD,):
+        # LP-FT's second stage (Kumar et al. 2022): the head is already fitted, so it moves no faster than the
+        # pretrained layers beneath it; a new-head rate would undo the probe before the features adapt.
+        head_lr = pretrained_lr
+    rates = {}
+    for g in trained:
+        if g == HEAD:
+            rates[g] = head_lr
+        elif g in FC_HIDDEN:
+            # New fc6/fc7 learn at the head's rate, pretrained ones at the pretrained rate; both scaled for fan-in.
+            rates[g] = (pretrained_lr if g in pretrained_groups or not is_pretrained else head_lr) * FC_LR_FACTOR
+        else:
+            rates[g] = pretrained_lr if g in pretrained_groups else random_conv_lr
+    warmup = max(1, round(0.2 * epochs)) if case == "large-similar" and is_pretrained and epochs > 1 and not lp_done else 0
     return FreezePlan(
         case=case,
         frozen=frozen,
         trained=trained,
-        reinitialised=(HEAD,),
+        reinitialised=(*fixed, HEAD),
         lr=rates,
         head_warmup_epochs=warmup,
-        cache_features=case == "small-similar",
-        from_scratch=not pretrained,
+        cache_features=trained == (HEAD,),
+        from_scratch=not is_pretrained,
+        pretrained_groups=pretrained_groups,
+        head=head,
+        fixed=fixed,
+        head_init=head_init,
     )
 
 
@@ -116,19 +166,26 @@ def decide_size(train_counts: list[int], *, small_max: int = SMALL_MAX_IMAGES_PE
     return size, f"size: {size} ({per_class:.0f} training images per class {sign} {small_max})"
 
 
-def decide_similarity(early_knn: float, fc7_knn: float) -> tuple[str, str]:
-    similar = fc7_knn >= early_knn - SIMILARITY_MARGIN
+def decide_similarity(probes: list[dict], *, shipped_depth: str) -> tuple[str, str]:
+    """`probes`: each {depth, val_top1, val_se}, shallow to deep. Similar when the shipped depth's probe is as good
+    as the best one, within the margin (or one standard error of the best)."""
+    by_depth = {p["depth"]: p for p in probes}
+    shipped = by_depth[shipped_depth]
+    best = max(reversed(probes), key=lambda p: p["val_top1"])  # ties go to the deeper probe
+    slack = max(SIMILARITY_MARGIN, best["val_se"])
+    similar = shipped["val_top1"] >= best["val_top1"] - slack
     verdict = "similar" if similar else "different"
     relation = ">=" if similar else "<"
+    scores = ", ".join(f"{p['depth']} {p['val_top1']:.3f}" for p in probes)
     return verdict, (
-        f"similarity: {verdict} (k-NN accuracy on fc7 features {fc7_knn:.3f} {relation} "
-        f"conv3 features {early_knn:.3f} - {SIMILARITY_MARGIN})"
+        f"similarity: {verdict} (linear probes on val: {scores}; {shipped_depth}, the depth the head reads, "
+        f"{shipped['val_top1']:.3f} {relation} best {best['val_top1']:.3f} ({best['depth']}) - {slack:.3f})"
     )
 
 
-def decide_case(*, train_counts: list[int], pretrained: bool, similarity: dict | None,
-                small_max: int = SMALL_MAX_IMAGES_PER_CLASS) -> CaseDecision:
-    """`similarity` holds k-NN accuracies from `similarity.estimate_similarity` (None without pretrained weights)."""
+def decide_case(*, train_counts: list[int], pretrained: bool, probes: list[dict] | None,
+                shipped_depth: str = "fc7", small_max: int = SMALL_MAX_IMAGES_PER_CLASS) -> CaseDecision:
+    """`probes` from depth_probes (None without pretrained weights)."""
     size, size_reason = decide_size(train_counts, small_max=small_max)
     if not pretrained:
         return CaseDecision(
@@ -138,8 +195,19 @@ def decide_case(*, train_counts: list[int], pretrained: bool, similarity: dict |
             reasons=[size_reason, "weights: none, so there is nothing to transfer: every layer trains from scratch"],
             evidence={},
         )
-    assert similarity is not None
-    verdict, sim_reason = decide_similarity(similarity["early_knn_top1"], similarity["fc7_knn_top1"])
+    assert probes is not None
+    verdict, sim_reason = decide_similarity(probes, shipped_depth=shipped_depth)
+    if size == "small":
+        # The probe-first procedure: the probe is candidate A (epoch 0), a fine-tune of the top two blocks from
+        # it is candidate B, and B is kept only where it beats A on val. So small data always gets the chance
+        # to fine-tune, and never ships below the probe: the classic small-similar plan is A itself.
+        case = "small-different"
+        plan_reason = ("plan: small-different from the probe: conv4-5 and the head fine-tune from it, and an epoch "
+                       "is kept only if it beats the probe on val (otherwise the probe, small-similar's model, ships)")
+    else:
+        case = f"large-{verdict}"
+        plan_reason = f"plan: {case} from the probe (its rates follow the similarity), kept only if it beats it on val"
     return CaseDecision(
-        case=f"{size}-{verdict}", size=size, similarity=verdict, reasons=[size_reason, sim_reason], evidence=similarity
+        case=case, size=size, similarity=verdict, reasons=[size_reason, sim_reason, plan_reason],
+        evidence={"probes": probes, "shipped_depth": shipped_depth},
     )

@@ -87,6 +87,8 @@ class TrainingLoop:
         train_codes = (dist.all_gather_tensor(local_train[0]), dist.all_gather_tensor(local_train[1]))
         # Standardised so the probe trains well whatever the codes' scale; folded back into fc8 on save.
         self.standardiser = standardise = Standardiser.fit(train_codes[0])
+        if self.plan.head_init == "probe":
+            standardise.unfold(self.model.classifier[6])  # the probe, fitted on raw codes, now on standardised ones
         train = self._train_loader(TensorDataset(standardise(train_codes[0]), train_codes[1]))
         val = DataLoader(TensorDataset(standardise(val_codes[0]), val_codes[1]),
                          batch_size=max(self.config.batch_size, 256))
@@ -161,6 +163,8 @@ class TrainingLoop:
             self._load_resume(optimizer, scheduler)
         common = dict(loss_fn=self.loss_fn, device=self.device, precision=self.precision, channels_last=channels_last)
         shards: list = []
+        if plan.head_init == "probe" and not resume:
+            self._probe_epoch(target, val_batches, common)
 
         for epoch in range(self.start_epoch + 1, c.epochs + 1):
             in_head_warmup = epoch <= plan.head_warmup_epochs
@@ -206,7 +210,8 @@ class TrainingLoop:
                 self.stale_epochs = 0
             else:
                 self.stale_epochs += 1
-            stopping_early = self.stale_epochs >= c.patience and epoch > patience_from
+            # Never while the probe (epoch 0) is still the best: the fine-tune has not yet had its schedule.
+            stopping_early = self.stale_epochs >= c.patience and epoch > patience_from and self.best["epoch"] != 0
             if dist.is_main:
                 _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
                 if improved:
@@ -219,6 +224,20 @@ class TrainingLoop:
                 console.print(f"early stop: no val top-1 gain for {c.patience} epochs")
                 break
         return self._finish(shards)
+
+    def _probe_epoch(self, target, val_batches, common: dict) -> None:
+        """Epoch 0: the model as auto's probe left it (the head fitted, nothing else moved), kept on val unless an
+        epoch of training beats it, so a fine-tune is accepted only when it beats the probe."""
+        self.model.eval()
+        val = self._global(E.run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
+        record = {"epoch": 0, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
+                  "seconds": val.seconds, "probe": True, "best": True}
+        self.history.append(record)
+        self.best = {"top1": val.top1, "loss": val.loss, "epoch": 0}
+        console.print(f"epoch 0 (auto's probe): val loss {val.loss:.3f} top-1 {val.top1:.3f} top-5 {val.top5:.3f} *")
+        if self.dist.is_main:
+            _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
+            self._save_best(val, 0)
 
     def _test_metrics(self) -> dict:
         """The kept checkpoint, as saved (plain VGG16, FP32), on the test split: reported, never used to decide."""
@@ -250,6 +269,8 @@ class TrainingLoop:
 
         info = self.dist.on_main(write)
         test = info["metrics"].get("test")
+        if self.best["epoch"] == 0:
+            console.print("no fine-tuned epoch beat auto's probe on val: the probe is the kept model")
         console.print(
             f"kept epoch {self.best['epoch']}: val top-1 {info['metrics']['val']['top1']:.3f}, "
             f"top-5 {info['metrics']['val']['top5']:.3f}"

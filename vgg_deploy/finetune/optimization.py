@@ -19,9 +19,9 @@ def apply_freeze(model: nn.Module, plan: FreezePlan) -> None:
 
 
 def set_train_mode(model: nn.Module, plan: FreezePlan) -> None:
-    """Trained layers in train mode; frozen ones (and their dropout) in eval mode."""
+    """Trained layers in train mode; frozen and fixed ones (and their dropout) in eval mode."""
     model.train()
-    for group in plan.frozen:
+    for group in (*plan.frozen, *plan.fixed):
         for module in group_modules(model, group):
             module.eval()
 

@@ -46,6 +46,13 @@ class Standardiser:
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes - self.mean) / self.std
 
+    @torch.no_grad()
+    def unfold(self, head: nn.Linear) -> None:
+        """`head` (fitted on raw codes) rewritten in place to give the same logits on standardised codes."""
+        mean, std = self.mean.to(head.weight.device), self.std.to(head.weight.device)
+        head.bias.add_(head.weight @ mean)
+        head.weight.mul_(std)
+
     def fold(self, head: nn.Linear) -> dict[str, torch.Tensor]:
         """fc8 weights that give on raw codes what `head` gives on standardised ones."""
         weight = head.weight.detach() / self.std.to(head.weight.device)

@@ -15,16 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from vgg_deploy import runfolder
+from vgg_deploy import heads, runfolder
 from vgg_deploy.console import console
 from vgg_deploy.data import Split, build_split, class_weights
 from vgg_deploy.errors import RunFolderError, VggDeployError
 from vgg_deploy.fileio import check_writable_dir, read_json, write_json
-from vgg_deploy.finetune import cases
+from vgg_deploy.finetune import cases, depth_probes
 from vgg_deploy.finetune import devices as D
 from vgg_deploy.finetune import optimization as O
 from vgg_deploy.finetune.distributed import Distributed, from_environment, shutdown
 from vgg_deploy.finetune.loop import TrainingLoop
+from vgg_deploy.heads import with_pooled_head
 from vgg_deploy.model import new_vgg16, pretrained_vgg16, replace_head
 from vgg_deploy.preprocessing import Preprocessing
 
@@ -35,6 +36,7 @@ class FinetuneConfig:
     out: str
     case: str = "auto"
     weights: str = "imagenet"
+    head: str = "auto"  # auto: pooled for a conv-only backbone, classic (torchvision's fc6-fc8) otherwise
     image_size: int = 224
     epochs: int = 10
     batch_size: int = 32  # global: split across ranks under torchrun
@@ -118,10 +120,6 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     precision = D.resolve_precision(config.precision, device)
-    try:
-        preprocessing = Preprocessing.for_image_size(config.image_size)
-    except ValueError as err:
-        raise VggDeployError(f"--image-size: {err}") from None
     _seed_everything(config.seed)
     workers = config.workers if config.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
 
@@ -137,18 +135,32 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         # Rank 0 fills torchvision's download cache first, so ranks do not race to write the same file.
         dist.on_main(lambda: bool(pretrained_vgg16(config.weights)))
     model, weights_info = pretrained_vgg16(config.weights)
+    for line in _describe_weights(weights_info):
+        console.print(line)
+    try:
+        preprocessing = Preprocessing.for_image_size(config.image_size, mean=weights_info["input_mean"],
+                                                     std=weights_info["input_std"])
+    except ValueError as err:
+        raise VggDeployError(f"--image-size: {err}") from None
+    head = _resolve_head(config.head, weights_info)
+    pretrained_groups = tuple(g for g in weights_info["pretrained_groups"]
+                              if head == heads.CLASSIC or g not in cases.FC_HIDDEN)
+    if head == heads.POOLED_HEAD:
+        model = with_pooled_head(model, 1000)
     if not resume:
         dist.on_main(lambda: _write_run_start(config, out, split))
     pretrained = weights_info["pretrained"]
     train_items, val_items, test_items = (split.absolute(part) for part in (split.train, split.val, split.test))
-    decision = dist.on_main(lambda: _decide(config, model, weights_info, train_items, train_counts, preprocessing, device))
+    decision, probe = dist.on_main(lambda: _decide(config, model, pretrained_groups, head, train_items, val_items,
+                                                   train_counts, preprocessing, device, len(split.class_names)))
     for reason in decision.reasons:
         console.print(reason)
 
-    # Deciding (the similarity pass's data loader draws from the global RNG) must not change how training
-    # goes: `--case auto` trains exactly as `--case <its pick>` would.
+    # Deciding (the probes' data loaders draw from the global RNG) must not change how training goes: `--case
+    # auto` trains as `--case <its pick>` would, except that its head starts as the probe.
     _seed_everything(config.seed)
-    plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained=pretrained, epochs=config.epochs)
+    plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained_groups=pretrained_groups,
+                               epochs=config.epochs, head=head, head_init="probe" if probe is not None else "random")
     if not pretrained and not plan.frozen:
         # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
         # BatchNorm twin learns, and each BatchNorm folds exactly into its conv when saved, so
@@ -158,6 +170,10 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     console.print("plan:\n  " + "\n  ".join(plan.describe()))
 
     replace_head(model, len(split.class_names), seed=config.seed)
+    if probe is not None:
+        with torch.no_grad():
+            model.classifier[6].weight.copy_(probe.weight)
+            model.classifier[6].bias.copy_(probe.bias)
     model.to(device)
     channels_last = True  # VGG is all convolutions and GEMMs; channels-last helps oneDNN and cuDNN alike
     model.to(memory_format=torch.channels_last)
@@ -175,6 +191,7 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         "case": decision.case,
         "case_decision": decision.to_dict(),
         "plan": plan.to_dict(),
+        "head": heads.head_info(head),
         "weights": weights_info,
         "training": {"device": device.type, "precision": precision, "channels_last": channels_last,
                      "world_size": dist.world_size, "global_batch_size": config.batch_size,
@@ -184,6 +201,8 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
                  "val_images": len(split.val), "test_images": len(split.test), "skipped_images": len(split.skipped)},
         "versions": _versions(),
     }
+    if head == heads.POOLED_HEAD:
+        base_info["widths"] = heads.pooled_head_widths()
     loop = TrainingLoop(
         model=model, plan=plan, config=config, out=out, device=device, precision=precision,
         channels_last=channels_last, loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
@@ -193,21 +212,60 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     return loop.run(resume=resume)
 
 
-def _decide(config, model, weights_info, train_items, train_counts, preprocessing, device) -> cases.CaseDecision:
-    pretrained = weights_info["pretrained"]
-    if config.case == "auto":
-        similarity = None
-        if pretrained:
-            from vgg_deploy.finetune.similarity import estimate_similarity
+def _describe_weights(info: dict) -> list[str]:
+    if not info["pretrained"]:
+        return ["weights: none (every layer starts random)"]
+    lines = [f"weights: {info['source']} (pretrained: {', '.join(info['pretrained_groups'])})"]
+    if info.get("layers_ignored"):
+        lines.append(f"weights: left out {len(info['layers_ignored'])} layer(s) that are not VGG16's: "
+                     + ", ".join(info["layers_ignored"]))
+    if info.get("source_convention"):
+        lines.append(f"weights: input convention {info['source_convention']}; the run normalises with mean "
+                     f"{[round(v, 4) for v in info['input_mean']]}, std {[round(v, 4) for v in info['input_std']]}")
+    return lines
 
-            similarity = estimate_similarity(
-                model, train_items, transform=preprocessing.eval_transform(), device=device,
-                imagenet_head=weights_info["imagenet_head"], seed=config.seed,
-            )
-        return cases.decide_case(train_counts=train_counts, pretrained=pretrained, similarity=similarity,
-                                 small_max=config.small_max_per_class)
+
+def _resolve_head(requested: str, weights_info: dict) -> str:
+    if requested not in ("auto", *heads.HEADS):
+        raise VggDeployError(f"--head must be auto, {' or '.join(heads.HEADS)} (got {requested!r})")
+    if requested != "auto":
+        return requested
+    conv_only = weights_info["pretrained"] and not set(cases.FC_HIDDEN) & set(weights_info["pretrained_groups"])
+    return heads.POOLED_HEAD if conv_only else heads.CLASSIC
+
+
+# The probes see at most this many images of each split (a stratified-enough random sample): enough for a
+# linear probe's decision, and bounded on large data sets.
+PROBE_MAX_TRAIN = 3000
+PROBE_MAX_VAL = 1500
+
+
+def _decide(config, model, pretrained_groups, head, train_items, val_items, train_counts, preprocessing, device,
+            num_classes) -> tuple[cases.CaseDecision, depth_probes.ProbeResult | None]:
+    """The case, and (for --case auto with pretrained weights) the probe at the depth the head reads, which the
+    head then starts from."""
+    if config.case == "auto" and pretrained_groups:
+        shipped = "fc7" if head == heads.CLASSIC else "pool5"
+        depths = ("pool3", "pool4", "pool5") + (("fc7",) if head == heads.CLASSIC else ())
+        results = depth_probes.probe_depths(
+            model, _sample(train_items, PROBE_MAX_TRAIN, config.seed), _sample(val_items, PROBE_MAX_VAL, config.seed),
+            transform=preprocessing.eval_transform(), device=device, depths=depths, num_classes=num_classes,
+            seed=config.seed)
+        decision = cases.decide_case(train_counts=train_counts, pretrained=True,
+                                     probes=[r.summary() for r in results.values()], shipped_depth=shipped,
+                                     small_max=config.small_max_per_class)
+        return decision, results[shipped]
+    if config.case == "auto":
+        return cases.decide_case(train_counts=train_counts, pretrained=False, probes=None,
+                                 small_max=config.small_max_per_class), None
     size, size_reason = cases.decide_size(train_counts, small_max=config.small_max_per_class)
     reasons = [f"case chosen by --case {config.case}", size_reason]
-    if not pretrained:
+    if not pretrained_groups:
         reasons.append("warning: --weights none, so the 'pretrained' layers are random")
-    return cases.CaseDecision(config.case, size, "unknown", reasons, {})
+    return cases.CaseDecision(config.case, size, "unknown", reasons, {}), None
+
+
+def _sample(items: list, limit: int, seed: int) -> list:
+    if len(items) <= limit:
+        return list(items)
+    return random.Random(seed).sample(list(items), limit)

@@ -32,6 +32,7 @@ from vgg_deploy.finetune import optimization as O
 from vgg_deploy.finetune.cases import FC_HIDDEN, FC_LR_FACTOR, FreezePlan
 from vgg_deploy.finetune.distributed import Distributed
 from vgg_deploy.finetune.loop import TrainingLoop
+from vgg_deploy.heads import CLASSIC, POOLED_HEAD
 from vgg_deploy.model import GROUP_NAMES, HEAD
 from vgg_deploy.prune import latency as L
 from vgg_deploy.prune import targets
@@ -75,11 +76,14 @@ class PruneConfig:
     workers: int | None = None
 
 
-def recovery_plan(lr: float) -> FreezePlan:
-    """Every layer trains: pruning changed them all. The head keeps its weights (it is not a new task)."""
-    rates = {g: lr * FC_LR_FACTOR if g in (*FC_HIDDEN, HEAD) else lr for g in GROUP_NAMES}
-    return FreezePlan(case="prune-recovery", frozen=(), trained=GROUP_NAMES, reinitialised=(), lr=rates,
-                      head_warmup_epochs=0, cache_features=False, from_scratch=False)
+def recovery_plan(lr: float, *, head: str = CLASSIC) -> FreezePlan:
+    """Every layer trains: pruning changed them all. The head keeps its weights (it is not a new task). A pooled
+    head's fc6 (the average) and fc7 (the identity) stay fixed: they were cut with conv5_3's channels."""
+    fixed = FC_HIDDEN if head == POOLED_HEAD else ()
+    trained = tuple(g for g in GROUP_NAMES if g not in fixed)
+    rates = {g: lr * FC_LR_FACTOR if g in (*FC_HIDDEN, HEAD) else lr for g in trained}
+    return FreezePlan(case="prune-recovery", frozen=(), trained=trained, reinitialised=(), lr=rates,
+                      head_warmup_epochs=0, cache_features=False, from_scratch=False, head=head, fixed=fixed)
 
 
 def _check(config: PruneConfig) -> None:
@@ -199,6 +203,10 @@ class Pruning:
         candidate = copy.deepcopy(model).to(self.device)  # scored where its batches run; the previous step's stays
         scores = channel_scores(candidate, self.config.criterion, batches=self._score_batches(seed),
                                 loss_fn=self.hard_loss, device=self.device, max_batches=self.config.score_batches)
+        if self.source.head == POOLED_HEAD:
+            # fc6's unit j averages conv5_3's channel j and fc7 passes it on: cut the same units, so the pruned
+            # head is still exactly an average and an identity over the channels that remain.
+            scores = {**scores, "fc6": scores["conv5_3"], "fc7": scores["conv5_3"]}
         pruned = prune_to_widths(candidate, widths, scores).cpu().eval()
         runfolder.save_weights(pruned, saved)
         return pruned
@@ -233,7 +241,7 @@ class Pruning:
 
     def _recover(self, model: nn.Module, widths: dict[str, int], step_dir: Path, index: int, *, resume: bool) -> None:
         c = self.config
-        plan = recovery_plan(c.lr)
+        plan = recovery_plan(c.lr, head=self.source.head)
         model = model.to(self.device).to(memory_format=torch.channels_last)
         O.apply_freeze(model, plan)
         teacher = None
@@ -254,7 +262,7 @@ class Pruning:
 
     def _model_info(self, widths: dict[str, int], plan: FreezePlan, index: int) -> dict:
         source_info = self.source.info
-        info = {key: source_info[key] for key in ("arch", "num_classes", "class_names", "preprocessing", "data")
+        info = {key: source_info[key] for key in ("arch", "num_classes", "class_names", "preprocessing", "head", "data")
                 if key in source_info}
         info.update({
             "widths": widths,
