@@ -174,12 +174,31 @@ def backbone_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def backbone_run(tmp_path_factory, sample_data, backbone_path) -> Path:
-    """Transfer from the real backbone with `--case auto` on the data, size and split `trained_run` (random
-    features) uses, so the two compare on the same test images. A conv-only source: pooled head."""
+def textures_data(tmp_path_factory) -> Path:
+    """The `textures` family, 6 classes x 60 images at 64 px (the demo's target family)."""
+    from vgg_deploy.sample_data import write_sample_data
+
+    return write_sample_data(tmp_path_factory.mktemp("textures6") / "data", images_per_class=60,
+                             size=E2E_IMAGE_SIZE, family="textures")
+
+
+@pytest.fixture(scope="session")
+def backbone_run(tmp_path_factory, textures_data, backbone_path) -> Path:
+    """Transfer from the real backbone with `--case auto`, 64 px. A conv-only source: pooled head."""
     from vgg_deploy.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("backbone_run") / "run"
-    finetune(FinetuneConfig(data=str(sample_data), out=str(out), case="auto", weights=str(backbone_path),
+    finetune(FinetuneConfig(data=str(textures_data), out=str(out), case="auto", weights=str(backbone_path),
                             image_size=E2E_IMAGE_SIZE, epochs=2, batch_size=16, workers=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_features_run(tmp_path_factory, textures_data) -> Path:
+    """The control for `backbone_run`: the same data, split and size, a probe on random-init VGG16 features."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("random_features_run") / "run"
+    finetune(FinetuneConfig(data=str(textures_data), out=str(out), case="small-similar", weights="none",
+                            image_size=E2E_IMAGE_SIZE, epochs=15, batch_size=32, workers=0))
     return out

@@ -15,11 +15,11 @@ def _info(run):
     return json.loads((run / "model.json").read_text())
 
 
-def test_the_real_backbone_beats_random_init_features_by_30_points(backbone_run, trained_run):
-    real, random_features = _info(backbone_run), _info(trained_run)
+def test_the_real_backbone_beats_random_init_features_by_30_points(backbone_run, random_features_run):
+    real, random_features = _info(backbone_run), _info(random_features_run)
     assert real["data"]["test_images"] == random_features["data"]["test_images"] == 72
     assert json.loads((backbone_run / "split.json").read_text())["test"] == \
-        json.loads((trained_run / "split.json").read_text())["test"]
+        json.loads((random_features_run / "split.json").read_text())["test"]
     gain = real["metrics"]["test"]["top1"] - random_features["metrics"]["test"]["top1"]
     assert gain >= 0.30, (real["metrics"]["test"], random_features["metrics"]["test"])
 
@@ -32,7 +32,7 @@ def test_auto_decides_by_probes_and_never_ships_below_its_probe(backbone_run):
     epochs = [json.loads(line) for line in (backbone_run / "epochs.jsonl").read_text().splitlines()]
     assert epochs[0]["epoch"] == 0 and epochs[0]["probe"]
     pool5 = next(p for p in evidence["probes"] if p["depth"] == "pool5")
-    assert abs(epochs[0]["val_top1"] - pool5["val_top1"]) < 1e-6  # epoch 0 is the probe, exactly
+    assert abs(epochs[0]["val_top1"] - pool5["val_top1"]) < 1e-4  # epoch 0 is the probe (summary rounds to 4 places)
     assert info["metrics"]["val"]["top1"] >= epochs[0]["val_top1"]
     assert info["plan"]["head_init"] == "probe"
 
