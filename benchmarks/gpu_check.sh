@@ -22,7 +22,13 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cu
   exit 2
 fi
 HAS_TRT=$("$PY" -c 'import tensorrt' 2>/dev/null && echo 1 || echo 0)
-HAS_ORT_TRT=$("$PY" -c 'import onnxruntime as o, sys; sys.exit(0 if "TensorrtExecutionProvider" in o.get_available_providers() else 1)' 2>/dev/null && echo 1 || echo 0)
+# A provider counts only if a session with it comes up (get_available_providers lists what the wheel was built
+# with, not what loads); the reason it does not is written to OUT/providers.log.
+probe() { "$PY" -c "import sys; from vgg_deploy.runners.providers import provider_problem as p; r = p('$1'); print('$1:', r or 'loads'); sys.exit(0 if r is None else 1)" >> "$OUT/providers.log" 2>&1; }
+: > "$OUT/providers.log"
+HAS_ORT_CUDA=$(probe CUDAExecutionProvider && echo 1 || echo 0)
+HAS_ORT_TRT=$(probe TensorrtExecutionProvider && echo 1 || echo 0)
+cat "$OUT/providers.log" >&2
 
 if [ "$DEVICE" = cuda ]; then
   step "GPU tests"
@@ -49,7 +55,7 @@ step "export $formats"
   > "$OUT/export.log" 2>&1 || status=1
 
 providers=cpu
-[ "$DEVICE" = cuda ] && providers=cuda
+[ "$DEVICE" = cuda ] && [ "$HAS_ORT_CUDA" = 1 ] && providers=cuda
 [ "$HAS_ORT_TRT" = 1 ] && [ "$DEVICE" = cuda ] && providers="$providers tensorrt"
 for provider in $providers; do
   step "benchmark --provider $provider"
@@ -72,6 +78,7 @@ manifest = load(out / "run" / "export" / "manifest.json") or {}
 summary = {
     "device": device, "tensorrt_installed": has_trt, "onnxruntime_tensorrt_provider": has_ort_trt,
     "exit_status": status,
+    "provider_probes": (out / "providers.log").read_text().splitlines() if (out / "providers.log").is_file() else [],
     "training": model.get("training"), "test_top1": (model.get("metrics") or {}).get("test", {}).get("top1"),
     "artifacts": {a["name"]: {k: a.get(k) for k in ("precision", "parity", "tensorrt_source") if a.get(k) is not None}
                   for a in manifest.get("artifacts", [])},

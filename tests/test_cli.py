@@ -79,3 +79,20 @@ def test_sample_families_draw_their_own_classes(tmp_path):
     assert len(names) == len(set(names))
     pictures = {p.read_bytes() for p in tmp_path.rglob("*.png")}
     assert len(pictures) == 2 * len(names)
+
+
+def test_a_missing_runtime_extra_is_one_line_naming_the_install(capsys):
+    import pytest
+    import typer
+
+    from vgg_deploy.cli.errors import user_errors
+
+    with pytest.raises(typer.Exit) as stopped:
+        with user_errors():
+            raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+    assert stopped.value.exit_code == 1
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "onnxruntime is not installed" in message and "vgg-deploy[cpu]" in message
+    with pytest.raises(ModuleNotFoundError):  # anything else missing is a bug, not the install's gap
+        with user_errors():
+            raise ModuleNotFoundError("No module named 'numpyy'", name="numpyy")

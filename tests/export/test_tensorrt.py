@@ -414,3 +414,105 @@ def test_the_int8_engine_source_runs_its_float_parts_in_fp16(exported_run, tmp_p
     assert logits.dtype == np.float32 and np.isfinite(logits).all()
     parity = compare(reference, logits)
     assert parity.top1_agreement >= 0.8 and parity.max_abs_logit_diff < 0.25 * parity.reference_logit_range
+
+
+def _fake_engine_trt():
+    data_type = types.SimpleNamespace(FLOAT="float", HALF="half", INT8="int8", INT32="int32", BOOL="bool")
+    io_mode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    return types.SimpleNamespace(DataType=data_type, TensorIOMode=io_mode)
+
+
+class _FakeEngine:
+    num_io_tensors = 2
+
+    def __init__(self, input_dtype):
+        self.dtypes = {"input": input_dtype, "logits": "float"}
+
+    def get_tensor_name(self, index):
+        return ("input", "logits")[index]
+
+    def get_tensor_mode(self, name):
+        return "in" if name == "input" else "out"
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [(1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8)]
+
+
+class _FakeStream:
+    def __init__(self):
+        self.synchronized = 0
+
+    def synchronize(self):
+        self.synchronized += 1
+
+
+def _engine_runner(input_dtype):
+    import torch
+
+    from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
+
+    class StandIn(TensorRTRunner):
+        def _activate(self):
+            self.torch, self.device, self.stream = torch, "cpu", _FakeStream()
+            self._bind_engine(_fake_engine_trt(), _FakeEngine(input_dtype))
+            self.context = object()
+
+    return StandIn("m.engine")
+
+
+def test_the_engine_runner_feeds_the_input_dtype_the_engine_declares():
+    import numpy as np
+    import torch
+
+    batch = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with _engine_runner("half") as runner:
+        assert runner.input_dtype == torch.float16 and runner.output_dtype == torch.float32
+        prepared = runner.prepare(batch)
+        assert prepared.dtype == torch.float16
+        assert torch.allclose(prepared.float(), torch.from_numpy(batch), atol=1e-2)
+    with _engine_runner("float") as runner:
+        assert runner.prepare(batch).dtype == torch.float32
+
+
+def test_the_engine_runner_syncs_its_stream_before_teardown():
+    runner = _engine_runner("float")
+    runner.activate()
+    stream = runner.stream
+    runner.deactivate()
+    assert stream.synchronized == 1 and runner.stream is None and runner.context is None
+
+
+def test_one_tensorrt_logger_per_process(tmp_path):
+    from vgg_deploy.runners.tensorrt_runner import tensorrt_logger
+
+    calls: list = []
+    trt = fake_tensorrt(calls)
+    assert tensorrt_logger(trt) is tensorrt_logger(trt)
+    _build(tmp_path, trt)
+    _build(tmp_path, trt)
+    assert [name for name, _ in calls].count("Logger") == 1  # the runner and every build share it
+
+
+def test_an_unreadable_timing_cache_is_replaced_with_a_warning(tmp_path, capsys):
+    calls: list = []
+    trt = fake_tensorrt(calls)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"garbage from another TensorRT")
+    real_config = trt.Builder(None).create_builder_config().__class__
+
+    class RefusingConfig(real_config):
+        def create_timing_cache(self, blob):
+            return None if blob else super().create_timing_cache(blob)
+
+    class Builder(trt.Builder):
+        def create_builder_config(self):
+            return RefusingConfig(calls, "config")
+
+    trt.Builder = Builder
+    _build(tmp_path, trt)
+    assert "could not read the timing cache" in capsys.readouterr().out
+    assert [args for name, args in calls if name == "config.create_timing_cache"][-1] == (b"",)
+    assert cache.read_bytes() == b"timing"  # the build's own cache replaced the bad one

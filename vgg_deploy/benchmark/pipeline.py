@@ -53,6 +53,7 @@ class BenchmarkOptions:
 
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")
+ORT_TENSORRT_CACHE = "ort-tensorrt-cache"
 
 
 def _rows_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[tuple[Runner, RunnerSpec]]:
@@ -64,12 +65,15 @@ def _rows_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[
         spec = RunnerSpec("tensorrt", entry["name"], str(path), precision=entry["precision"], device="cuda")
         return [(TensorRTRunner(path, name=entry["name"], precision=entry["precision"]), spec)]
     rows: list[tuple[Runner, RunnerSpec]] = []
+    # onnxruntime's TensorRT provider caches its engines in the run folder: built once, reused by every round.
+    cache_dir = str(export_dir.parent / "benchmark" / ORT_TENSORRT_CACHE) if options.provider == "tensorrt" else None
     for backend in options.onnx_backends:
         spec = RunnerSpec(backend, entry["name"], str(path), precision=entry["precision"], threads=options.threads,
-                       provider=options.provider if backend == "onnxruntime" else "cpu")
+                          provider=options.provider if backend == "onnxruntime" else "cpu",
+                          cache_dir=cache_dir if backend == "onnxruntime" else None)
         if backend == "onnxruntime":
             runner = OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider, threads=options.threads,
-                                       precision=entry["precision"])
+                                       precision=entry["precision"], cache_dir=cache_dir)
         else:
             from vgg_deploy.runners.openvino_runner import OpenVINORunner
 

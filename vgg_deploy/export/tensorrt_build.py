@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError
 from vgg_deploy.export.tensorrt_meta import BatchProfile, TensorRTEnvironment, network_flags
 from vgg_deploy.fileio import atomic_path
@@ -20,7 +21,9 @@ def build_engine(
     """`trt` defaults to the real `tensorrt` module; tests pass a recording stand-in."""
     if trt is None:
         import tensorrt as trt
-    logger = trt.Logger(trt.Logger.WARNING)
+    from vgg_deploy.runners.tensorrt_runner import tensorrt_logger
+
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, env.tensorrt_major))
     parser = trt.OnnxParser(network, logger)
@@ -32,7 +35,7 @@ def build_engine(
     optimization_profile = builder.create_optimization_profile()
     optimization_profile.set_shape(input_name, *profile.shapes(image_size))
     config.add_optimization_profile(optimization_profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    cache = _timing_cache(config, timing_cache)
     config.set_timing_cache(cache, False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -41,3 +44,18 @@ def build_engine(
         tmp.write_bytes(bytes(serialized))
     with atomic_path(timing_cache) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def _timing_cache(config, path: Path):
+    """The saved timing cache, or a fresh one where the saved file is unreadable to this TensorRT
+    (`create_timing_cache` answers None): it is only a build-time speed-up, replaced after the build."""
+    if path.is_file():
+        cache = config.create_timing_cache(path.read_bytes())
+        if cache is not None:
+            return cache
+        console.print(f"warning: TensorRT could not read the timing cache {path}; building without it "
+                      "(it is replaced when the build ends)")
+    cache = config.create_timing_cache(b"")
+    if cache is None:
+        raise ExportError("TensorRT could not create an empty timing cache")
+    return cache

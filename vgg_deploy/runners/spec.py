@@ -17,6 +17,7 @@ class RunnerSpec:
     provider: str = "cpu"
     device: str = "cpu"
     channels_last: bool = False
+    cache_dir: str | None = None  # onnxruntime's TensorRT provider: where its engines are cached
 
 
 def build_runner(spec: RunnerSpec):
@@ -34,7 +35,7 @@ def build_runner(spec: RunnerSpec):
         from vgg_deploy.runners import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(spec.path, name=spec.name, provider=spec.provider, threads=spec.threads,
-                                 precision=spec.precision)
+                                 precision=spec.precision, cache_dir=spec.cache_dir)
     if spec.kind == "openvino":
         from vgg_deploy.runners.openvino_runner import OpenVINORunner
 

@@ -30,6 +30,17 @@ def torch_dtype(trt, dtype):
     return table[dtype]
 
 
+_LOGGER: list = []  # [(the tensorrt module, its logger)]: the module is held, so a stand-in's id is never reused
+
+
+def tensorrt_logger(trt) -> Any:
+    """One logger per process: TensorRT warns when builders and runtimes in one process are given different
+    loggers."""
+    if not _LOGGER or _LOGGER[0][0] is not trt:
+        _LOGGER[:] = [(trt, trt.Logger(trt.Logger.WARNING))]
+    return _LOGGER[0][1]
+
+
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
@@ -42,33 +53,48 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        from vgg_deploy.export.tensorrt_meta import BatchProfile, check_compatible, detect_environment
+        from vgg_deploy.export.tensorrt_meta import check_compatible, detect_environment
 
         check_compatible(self.engine_path, detect_environment())
         self.trt, self.torch = trt, torch
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        if self.engine is None:
+        self.runtime = trt.Runtime(tensorrt_logger(trt))
+        engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {self.engine_path}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.output_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
-        self.profile = BatchProfile.from_engine_shapes(self.engine.get_tensor_profile_shape(self.input_name, 0))
+        self._bind_engine(trt, engine)
+        self.context = engine.create_execution_context()
         self.stream = torch.cuda.Stream()
+        self.device = "cuda"
+
+    def _bind_engine(self, trt, engine) -> None:
+        """Names, dtypes and the batch profile, read from the engine: an engine built with an FP16 input gets
+        FP16 input buffers, not FP32 bytes it would misread."""
+        from vgg_deploy.export.tensorrt_meta import BatchProfile
+
+        self.engine = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.input_dtype = torch_dtype(trt, engine.get_tensor_dtype(self.input_name))
+        self.output_dtype = torch_dtype(trt, engine.get_tensor_dtype(self.output_name))
+        self.profile = BatchProfile.from_engine_shapes(engine.get_tensor_profile_shape(self.input_name, 0))
         self.input_shape: tuple[int, ...] | None = None
         self.outputs: dict[tuple[int, ...], Any] = {}  # one output buffer per input shape, reused
 
     def _deactivate(self) -> None:
+        if getattr(self, "stream", None) is not None:
+            # Work queued on the stream may still read the buffers and the context dropped below.
+            self.stream.synchronize()
         self.context = self.engine = self.runtime = self.stream = None
         self.outputs = {}
 
     def prepare(self, batch: np.ndarray) -> Any:
         self.profile.check(batch.shape, self.engine_path.name)
-        on_device = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
-        self.stream.wait_stream(self.torch.cuda.current_stream())  # the copy ran on torch's stream
-        on_device.record_stream(self.stream)  # so the allocator does not reuse it while the engine reads it
+        host = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        on_device = host.to(device=self.device, dtype=self.input_dtype)
+        if on_device.is_cuda:
+            self.stream.wait_stream(self.torch.cuda.current_stream())  # the copy ran on torch's stream
+            on_device.record_stream(self.stream)  # so the allocator does not reuse it while the engine reads it
         return on_device
 
     def _set_shape(self, shape: tuple[int, ...]) -> Any:
