@@ -86,15 +86,19 @@ def small_target(tmp_path_factory) -> Path:
     return root
 
 
+def _probe_on_random_features(data: Path, out: Path) -> Path:
+    """small-similar on random-init VGG16 features (64 px, CPU): a cached probe, the cheapest real run."""
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    finetune(FinetuneConfig(data=str(data), out=str(out), case="small-similar", weights="none",
+                            image_size=E2E_IMAGE_SIZE, epochs=15, batch_size=32, workers=0))
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, sample_data) -> Path:
     """The end-to-end run every export/benchmark test reads: small-similar probe, 64 px, CPU."""
-    from vgg_deploy.finetune import FinetuneConfig, finetune
-
-    out = tmp_path_factory.mktemp("run") / "run"
-    finetune(FinetuneConfig(data=str(sample_data), out=str(out), case="small-similar", weights="none",
-                            image_size=E2E_IMAGE_SIZE, epochs=15, batch_size=32, workers=0))
-    return out
+    return _probe_on_random_features(sample_data, tmp_path_factory.mktemp("run") / "run")
 
 
 @pytest.fixture(scope="session")
@@ -196,9 +200,4 @@ def backbone_run(tmp_path_factory, textures_data, backbone_path) -> Path:
 @pytest.fixture(scope="session")
 def random_features_run(tmp_path_factory, textures_data) -> Path:
     """The control for `backbone_run`: the same data, split and size, a probe on random-init VGG16 features."""
-    from vgg_deploy.finetune import FinetuneConfig, finetune
-
-    out = tmp_path_factory.mktemp("random_features_run") / "run"
-    finetune(FinetuneConfig(data=str(textures_data), out=str(out), case="small-similar", weights="none",
-                            image_size=E2E_IMAGE_SIZE, epochs=15, batch_size=32, workers=0))
-    return out
+    return _probe_on_random_features(textures_data, tmp_path_factory.mktemp("random_features_run") / "run")

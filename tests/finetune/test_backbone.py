@@ -68,3 +68,16 @@ def test_a_pooled_head_whose_widths_do_not_fit_is_refused(backbone_run, tmp_path
     (tmp_path / "model.json").write_text(json.dumps(info))
     with pytest.raises(RunFolderError, match="pooled head needs fc6 and fc7 as wide as conv5_3"):
         runfolder.open_run(tmp_path)
+
+
+def test_a_pooled_head_from_scratch_is_refused_before_anything_is_written(tiny_data, tmp_path):
+    import pytest
+
+    from vgg_deploy.errors import VggDeployError
+    from vgg_deploy.finetune import FinetuneConfig, finetune
+
+    out = tmp_path / "run"
+    with pytest.raises(VggDeployError, match="--head pooled needs pretrained convolutions"):
+        finetune(FinetuneConfig(data=str(tiny_data), out=str(out), weights="none", head="pooled", image_size=32,
+                                epochs=1, workers=0))
+    assert not out.exists() or not any(out.iterdir())

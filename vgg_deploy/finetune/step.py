@@ -145,6 +145,11 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     head = _resolve_head(config.head, weights_info)
     pretrained_groups = tuple(g for g in weights_info["pretrained_groups"]
                               if head == heads.CLASSIC or g not in cases.FC_HIDDEN)
+    if head == heads.POOLED_HEAD and not weights_info["pretrained"] and config.case not in ("small-similar",
+                                                                                          "small-different"):
+        # Checked before anything is written: from scratch every layer trains, as VGG16-BN with the classic head.
+        raise VggDeployError("--head pooled needs pretrained convolutions (or a case that freezes them); from "
+                             "scratch (--weights none) VGG16 trains as VGG16-BN with the classic head")
     if head == heads.POOLED_HEAD:
         model = with_pooled_head(model, 1000)
     if not resume:
