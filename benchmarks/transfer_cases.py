@@ -115,32 +115,35 @@ def main() -> None:
                   "case": info["case"], "seconds": None}
     print(f"source (backbone -> shapes, auto): {source}", flush=True)
 
+    all_quadrants = [f"{size}-{similarity}" for similarity in TARGETS for size in ("small", "large")]
+    wanted = args.quadrants or all_quadrants
     results = []
-    for similarity, family in TARGETS.items():
-        for size, train, epochs in (("small", args.small_train, args.small_epochs),
-                                    ("large", args.large_train, args.large_epochs)):
-            name = f"{size}-{similarity}"
-            if args.quadrants and name not in args.quadrants:
-                continue
-            val = args.val if size == "small" else 3 * args.val
-            data = write_target(args.out / f"data-{family}-{size}", family, train=train, val=val, test=args.test,
-                                size=args.image_size)
-            quadrant = {"target": name, "family": family, "train_per_class": train, "val_per_class": val,
-                        "test_per_class": args.test, "epochs": epochs, "runs": {},
-                        "probes": probe_on_test(source_run, data, seed=args.seed)}
-            print(f"{name} probes: {quadrant['probes']}", flush=True)
-            for case in ("auto", *cases.CASES):
-                quadrant["runs"][case] = run_finetune(data, args.out / f"{family}-{size}-{case}",
-                                                      weights=str(source_run), case=case, epochs=epochs, **common)
-                print(f"{name} {case}: {quadrant['runs'][case]}", flush=True)
-            quadrant["runs"]["scratch"] = run_finetune(data, args.out / f"{family}-{size}-scratch", weights="none",
-                                                       epochs=epochs, **common)
-            best = max(cases.CASES, key=lambda c: quadrant["runs"][c]["test_top1"])
-            quadrant["best_case"] = best
-            quadrant["auto_minus_best_points"] = round(
-                100 * (quadrant["runs"]["auto"]["test_top1"] - quadrant["runs"][best]["test_top1"]), 2)
-            results.append(quadrant)
-            write_report(args, source, results)
+    if args.quadrants and args.json.is_file():  # a partial run adds to the quadrants measured before
+        results = [q for q in json.loads(args.json.read_text())["quadrants"] if q["target"] not in wanted]
+    for name in wanted:
+        size, similarity = name.split("-")
+        family = TARGETS[similarity]
+        train, epochs = (args.small_train, args.small_epochs) if size == "small" else (args.large_train,
+                                                                                      args.large_epochs)
+        val = args.val if size == "small" else 3 * args.val
+        data = write_target(args.out / f"data-{family}-{size}", family, train=train, val=val, test=args.test,
+                            size=args.image_size)
+        quadrant = {"target": name, "family": family, "train_per_class": train, "val_per_class": val,
+                    "test_per_class": args.test, "epochs": epochs, "runs": {},
+                    "probes": probe_on_test(source_run, data, seed=args.seed)}
+        print(f"{name} probes: {quadrant['probes']}", flush=True)
+        for case in ("auto", *cases.CASES):
+            quadrant["runs"][case] = run_finetune(data, args.out / f"{family}-{size}-{case}",
+                                                  weights=str(source_run), case=case, epochs=epochs, **common)
+            print(f"{name} {case}: {quadrant['runs'][case]}", flush=True)
+        quadrant["runs"]["scratch"] = run_finetune(data, args.out / f"{family}-{size}-scratch", weights="none",
+                                                   epochs=epochs, **common)
+        best = max(cases.CASES, key=lambda c: quadrant["runs"][c]["test_top1"])
+        quadrant["best_case"] = best
+        quadrant["auto_minus_best_points"] = round(
+            100 * (quadrant["runs"]["auto"]["test_top1"] - quadrant["runs"][best]["test_top1"]), 2)
+        results.append(quadrant)
+        write_report(args, source, results)
     print(markdown_table({"quadrants": results}))
 
 

@@ -55,8 +55,8 @@ def with_pooled_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 def check_head(kind: str, widths: dict[str, int] | None) -> None:
-    """What the loader checks of model.json's `head` against its `widths`: a pooled head's fc6 and fc7 are as
-    wide as conv5_3, a classic head's are not narrowed to the pooled shape by accident."""
+    """What the loader checks of model.json's `head` against its `widths`: a known kind, and for a pooled head
+    fc6 and fc7 as wide as conv5_3 (prune cuts the three together)."""
     if kind not in HEADS:
         raise ValueError(f"head kind must be one of {', '.join(HEADS)} (got {kind!r})")
     if kind == POOLED_HEAD and (widths is None or not widths["fc6"] == widths["fc7"] == widths["conv5_3"]):
