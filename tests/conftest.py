@@ -4,6 +4,7 @@ report) are built once per session and shared; tests that change them work on co
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,11 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 E2E_IMAGE_SIZE = 64
 SMALL_IMAGE_SIZE = 32
+
+
+def pytest_configure(config):
+    # The suite, and the CLI processes it starts, never read or write the user's image-check cache.
+    os.environ["VGG_DEPLOY_CACHE_DIR"] = tempfile.mkdtemp(prefix="vgg-deploy-cache-")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -114,8 +120,9 @@ def benchmark_report(exported_run) -> dict:
     from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
     from vgg_deploy.benchmark.stats import TimingPolicy
 
+    # eval_memory_mb=0: the shared report is made on the streamed path (test_benchmark compares it with memory).
     return benchmark(exported_run, BenchmarkOptions(
-        batch_sizes=[1, 4], rounds=2, timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
+        batch_sizes=[1, 4], rounds=2, eval_memory_mb=0, timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
                                                           max_iterations=3, time_budget_s=0.0)))
 
 

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vgg_deploy.errors import DataError
-from vgg_deploy.imaging import IMAGE_EXTENSIONS, BadImage, check_image, load_rgb
+from vgg_deploy.image_check import check_images
+from vgg_deploy.imaging import IMAGE_EXTENSIONS, BadImage, load_rgb
 
 
 @dataclass
@@ -92,10 +93,6 @@ def scan_image_folder(root: Path, *, min_classes: int = 2) -> tuple[list[str], l
     return [d.name for d in class_dirs], samples
 
 
-def check_images(paths: list[Path]) -> list[BadImage]:
-    return [bad for p in paths if (bad := check_image(p)) is not None]
-
-
 def has_predefined_split(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "val").is_dir()
 
@@ -140,8 +137,9 @@ def stratified_split(
 
 
 def build_split(root: Path, *, val_fraction: float, test_fraction: float = 0.2, seed: int,
-                skip_bad_images: bool) -> Split:
-    """Scan, check every image, and split. Bad images stop here with a list, unless skipped.
+                skip_bad_images: bool, image_check: str = "cached", check_workers: int | None = None) -> Split:
+    """Scan, check every image (image_check.check_images' modes), and split. Bad images stop here with a
+    list, unless skipped.
 
     DATA/train, DATA/val (and DATA/test) are used as they are; without test/ a stratified test split is
     held out of train/; without any of them, val and test are both held out, stratified by class."""
@@ -161,7 +159,7 @@ def build_split(root: Path, *, val_fraction: float, test_fraction: float = 0.2, 
         class_names, all_samples = scan_image_folder(root)
         source = "stratified"
 
-    bad = check_images([p for p, _ in all_samples])
+    bad = _check_with_progress([p for p, _ in all_samples], mode=image_check, workers=check_workers)
     if bad and not skip_bad_images:
         listing = "; ".join(f"{b.path}: {b.reason}" for b in bad)
         raise DataError(f"{len(bad)} bad image(s) (use --skip-bad-images to leave them out): {listing}")
@@ -192,6 +190,15 @@ def build_split(root: Path, *, val_fraction: float, test_fraction: float = 0.2, 
 
     return Split(root=str(root.resolve()), class_names=class_names, train=rel(parts["train"]), val=rel(parts["val"]),
                  test=rel(parts["test"]), source=source, skipped=bad)
+
+
+def _check_with_progress(paths: list[Path], *, mode: str, workers: int | None) -> list[BadImage]:
+    from vgg_deploy.console import console, progress_bar
+
+    with progress_bar() as bar:
+        task = bar.add_task("checking images", total=len(paths), metrics="")
+        return check_images(paths, mode=mode, workers=workers, report=console.print,
+                            progress=lambda n: bar.update(task, advance=n))
 
 
 def class_weights(counts: list[int]) -> torch.Tensor:

@@ -90,6 +90,25 @@ def run_with_odd_artifacts(exported_run, tmp_path):
     return run
 
 
+def test_the_streamed_accuracy_pass_gives_the_in_memory_figures(benchmark_report, exported_run):
+    from vgg_deploy.batches import eval_batches
+    from vgg_deploy.benchmark.pipeline import _evaluate
+    from vgg_deploy.runfolder import open_run
+    from vgg_deploy.runners import OnnxRuntimeRunner, TorchRunner
+
+    assert benchmark_report["settings"]["eval_streamed"] is True
+    run = open_run(exported_run)
+    split = run.split()
+    held, labels = eval_batches(split.absolute(split.test), run.preprocessing, batch_size=16)
+    assert not held.streamed
+    baseline = _evaluate(TorchRunner(run.load_model(), name="pytorch"), held, labels, None, run.class_names)
+    int8 = _evaluate(OnnxRuntimeRunner(exported_run / "export" / "model.int8.onnx", name="onnx-int8"), held, labels,
+                     baseline["_logits"], run.class_names)
+    by_name = {r["artifact"]: r for r in benchmark_report["results"]}
+    assert baseline["accuracy"] == by_name["pytorch"]["accuracy"]
+    assert int8["accuracy"] == by_name["onnx-int8"]["accuracy"]  # bit for bit: every figure, every class
+
+
 def test_skipped_and_failed_artifacts_do_not_stop_the_rest_but_fail_the_command(run_with_odd_artifacts):
     pytest.importorskip("openvino")
     with pytest.raises(ArtifactFailedError, match=r"artifact run\(s\) failed: onnx-fp16 on onnxruntime"):

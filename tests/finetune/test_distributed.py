@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +83,43 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path):
     # Every rank raises rank 0's typed error as its one line; the only traceback is torchrun's own summary.
     assert result.stderr.count("error: data folder") == 2 and "does not exist" in result.stderr
     assert "vgg_deploy/" not in result.stderr
+
+
+def _heartbeat_rank(rank: int, init_file: str, out_dir: str, fail: bool) -> None:
+    import time
+
+    import torch.distributed
+
+    from vgg_deploy.errors import DataError
+    from vgg_deploy.finetune import distributed
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    said: list[str] = []
+    distributed.error_console.print = said.append
+
+    def slow_check():
+        time.sleep(1.5)  # far longer than the heartbeat, as a 1M-image check is than the collective timeout
+        if fail:
+            raise DataError("3 bad image(s)")
+        return {"train": 12}
+
+    dist = distributed.Distributed(rank, 2, rank, "gloo")
+    try:
+        outcome = dist.on_main(slow_check, waiting_for="its image check", heartbeat_s=0.1)
+    except DataError as err:
+        outcome = f"error: {err}"
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"outcome": outcome, "said": said}))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_ranks_wait_for_a_long_rank0_step_on_a_heartbeat(tmp_path, fail):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_heartbeat_rank, args=(str(tmp_path / "init"), str(tmp_path), fail), nprocs=2)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    expected = "error: 3 bad image(s)" if fail else {"train": 12}
+    assert rank0["outcome"] == rank1["outcome"] == expected
+    # The waiting rank said what it waits for, again and again, instead of hanging silently.
+    assert len(rank1["said"]) >= 5 and all("waiting for rank 0 (its image check)" in s for s in rank1["said"])
+    assert rank0["said"] == []

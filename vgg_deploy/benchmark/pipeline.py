@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_deploy.batches import first_images, load_uint8_batches, run_batches
+from vgg_deploy.batches import EVAL_MEMORY_MB, eval_batches, first_images, run_batches
 from vgg_deploy.benchmark.accuracy import accuracy_figures
 from vgg_deploy.benchmark.isolated import time_rounds
 from vgg_deploy.benchmark.machine import describe_machine, physical_cores
@@ -45,6 +45,7 @@ class BenchmarkOptions:
     # Runtimes for ONNX artifacts: onnxruntime, and openvino as an outside reference on the same files.
     onnx_backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     eval_batch_size: int = 16
+    eval_memory_mb: float = EVAL_MEMORY_MB  # larger evaluation sets are streamed from disk on every pass
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     # Each row timed in its own process this many times, alternating with the others. 5, not 3: two runs of the
     # command agreed on every speed-up within 2% with 5 rounds, and differed by up to 15% with 3
@@ -158,10 +159,13 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
     options.threads = threads
     torch.set_num_threads(threads)
     items, data_label = _eval_items(run, options.data)
-    batches, labels = load_uint8_batches(items, run.preprocessing, batch_size=options.eval_batch_size)
+    batches, labels = eval_batches(items, run.preprocessing, batch_size=options.eval_batch_size,
+                                   memory_mb=options.eval_memory_mb)
     if not batches:
         raise DataError(f"no images to evaluate in {data_label}")
-    console.print(f"evaluating on {len(labels)} images ({data_label}); {threads} threads; batch sizes {options.batch_sizes}")
+    console.print(f"evaluating on {len(labels)} images ({data_label}"
+                  + (f", streamed from disk: over --eval-memory-mb {options.eval_memory_mb:g}" if batches.streamed else "")
+                  + f"); {threads} threads; batch sizes {options.batch_sizes}")
 
     results = []
     device = _pytorch_device(options.provider)
@@ -207,6 +211,7 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
         "machine": describe_machine(),
         "settings": {"batch_sizes": options.batch_sizes, "threads": threads, "provider": options.provider,
                      "onnx_backends": options.onnx_backends, "images": len(labels), "data": data_label,
+                     "eval_streamed": batches.streamed, "eval_memory_mb": options.eval_memory_mb,
                      "timing": asdict(options.timing), "rounds": options.rounds, "process_per_row": True,
                      "max_accuracy_drop": options.max_accuracy_drop},
         "roofline": roofline,

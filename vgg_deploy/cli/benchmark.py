@@ -29,6 +29,8 @@ def benchmark_command(
     iterations: int = typer.Option(100, min=1, help="Most timed iterations per artifact and batch size."),
     time_budget: float = typer.Option(10.0, min=0.0, help="Seconds of timing per artifact and batch size."),
     warmup: int = typer.Option(5, min=0, help="Warm-up iterations (and at least one second) before timing."),
+    eval_memory_mb: float = typer.Option(2048, min=0.0, help="Evaluation images are held in memory as uint8 crops "
+                                         "up to this many MB, and streamed from disk on each pass above it."),
     rounds: int = typer.Option(5, min=1, help="Each row is timed in its own process this many times, alternating "
                                "with the others; p50 is the median of the per-round medians."),
 ) -> None:
@@ -43,7 +45,7 @@ def benchmark_command(
             provider=provider.value, onnx_backends=[b.strip() for b in backends.split(",") if b.strip()],
             timing=TimingPolicy(warmup_iterations=warmup, min_iterations=min(5, iterations), max_iterations=iterations,
                                 time_budget_s=time_budget),
-            rounds=rounds,
+            rounds=rounds, eval_memory_mb=eval_memory_mb,
         )
         benchmark(run, options)
 

@@ -30,6 +30,8 @@ def export_command(
     ),
     max_fp32_layers: int = typer.Option(4, min=1, help="Most layers the INT8 budget may keep out of INT8."),
     check_images: int = typer.Option(256, min=1, help="Test images for parity figures, and val images for INT8 decisions."),
+    eval_memory_mb: float = typer.Option(2048, min=0.0, help="Check images are held in memory as uint8 crops up to "
+                                         "this many MB, and streamed from disk on each pass above it."),
     min_batch: int = typer.Option(1, min=1, help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(8, min=1, help="TensorRT profile: batch to optimise for."),
     max_batch: int = typer.Option(32, min=1, help="TensorRT profile: largest batch."),
@@ -51,6 +53,7 @@ def export_command(
             max_accuracy_drop=max_accuracy_drop,
             max_fp32_layers=max_fp32_layers,
             check_images=check_images,
+            eval_memory_mb=eval_memory_mb,
             profile=BatchProfile(min_batch, opt_batch, max_batch),
             workspace_gib=workspace_gib,
             seed=seed,

@@ -22,6 +22,12 @@ class Head(str, Enum):
     pooled = "pooled"
 
 
+class ImageCheck(str, Enum):
+    cached = "cached"
+    full = "full"
+    header = "header"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -59,6 +65,9 @@ def finetune_command(
     precision: Precision = typer.Option(Precision.auto, help="Autocast precision; auto = bf16/fp16 where native."),
     patience: int = typer.Option(5, min=1, help="Early stopping: epochs without val top-1 gain."),
     skip_bad_images: bool = typer.Option(False, help="Leave corrupt images out (listed in RUN) instead of stopping."),
+    image_check: ImageCheck = typer.Option(ImageCheck.cached, help="cached: decode every image whose path, size "
+                                           "and mtime were not checked before; full: decode all again; header: "
+                                           "read headers only (misses truncated files)."),
     workers: int = typer.Option(None, min=0, help="Data-loading worker processes (default: cores - 1)."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out with its saved configuration."),
 ) -> None:
@@ -69,7 +78,8 @@ def finetune_command(
         data=str(data), out=str(out), case=case.value, weights=weights, head=head.value, image_size=image_size, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_split=val_split,
         test_split=test_split, small_max_per_class=small_max_per_class, seed=seed, device=device.value,
-        precision=precision.value, patience=patience, skip_bad_images=skip_bad_images, workers=workers,
+        precision=precision.value, patience=patience, skip_bad_images=skip_bad_images,
+        image_check=image_check.value, workers=workers,
     )
     with user_errors():
         finetune(config, resume=resume)

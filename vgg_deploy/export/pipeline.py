@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_deploy.batches import load_batches, run_batches, stratified_sample
+from vgg_deploy.batches import EVAL_MEMORY_MB, eval_batches, load_batches, run_batches, stratified_sample
 from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError, UnavailableError, VggDeployError
 from vgg_deploy.export import manifest as mf
@@ -33,6 +33,7 @@ class ExportOptions:
     max_fp32_layers: int = 4
     check_images: int | None = 256  # test images for parity/accuracy figures, and val images for decisions (None: all)
     batch_size: int = 16
+    eval_memory_mb: float = EVAL_MEMORY_MB  # check sets larger than this are streamed from disk on every pass
     profile: BatchProfile = field(default_factory=BatchProfile)
     workspace_gib: float = 4.0
     seed: int = 0
@@ -90,12 +91,13 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         raise ExportError(f"{run.path} has no test split (written by an older vgg-deploy); parity is reported on "
                           "images no decision saw, so re-run `vgg-deploy finetune` to get one")
     # Figures are reported on test; decisions (the INT8 budget) look at val only.
-    test_batches, test_labels = load_batches(
+    test_batches, test_labels = eval_batches(
         stratified_sample(split.absolute(split.test), options.check_images, seed=options.seed), pp,
-        batch_size=options.batch_size)
+        batch_size=options.batch_size, memory_mb=options.eval_memory_mb)
     calib_items = stratified_sample(split.absolute(split.train), options.calib_images, seed=options.seed)
     decision_items, decision_images = _decision_items(split, options, calib_items)
-    decision_batches, decision_labels = load_batches(decision_items, pp, batch_size=options.batch_size)
+    decision_batches, decision_labels = eval_batches(decision_items, pp, batch_size=options.batch_size,
+                                                     memory_mb=options.eval_memory_mb)
     with TorchRunner(model, name="pytorch") as torch_runner:
         reference = run_batches(torch_runner, test_batches)
         decision_reference = run_batches(torch_runner, decision_batches)

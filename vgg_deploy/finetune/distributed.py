@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
+from vgg_deploy.console import error_console
 from vgg_deploy.errors import VggDeployError
 
 T = TypeVar("T")
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+HEARTBEAT_S = 30.0  # well inside COLLECTIVE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,23 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def on_main(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on rank 0 only; every rank gets its result, or raises its VggDeployError."""
+    def on_main(self, fn: Callable[[], T], *, waiting_for: str | None = None,
+                heartbeat_s: float = HEARTBEAT_S) -> T:
+        """Run `fn` on rank 0 only; every rank gets its result, or raises its VggDeployError.
+
+        With `waiting_for`, fn may take longer than a collective's timeout: rank 0 runs it on a thread and
+        tells the others every heartbeat_s that it is still going, and they say what they wait for."""
         result: Any = None
         error: VggDeployError | None = None
         if self.is_main:
+            if self.enabled and waiting_for:
+                fn = _with_heartbeat(fn, heartbeat_s)
             try:
                 result = fn()
             except VggDeployError as err:
                 error = err
+        elif waiting_for:
+            _wait_for_main(waiting_for, announce=self.rank == 1)
         if self.enabled:
             box = [(result, error)]
             torch.distributed.broadcast_object_list(box, src=0)
@@ -72,6 +85,36 @@ class Distributed:
         if not self.enabled:
             return tensor
         return torch.cat(self.gather(tensor.cpu()))
+
+
+def _with_heartbeat(fn: Callable[[], T], heartbeat_s: float) -> Callable[[], T]:
+    def run() -> T:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(fn)
+            while True:
+                try:
+                    future.result(timeout=heartbeat_s)
+                    finished = True
+                except FutureTimeout:
+                    finished = False
+                except BaseException:  # noqa: BLE001 - fn's own error is raised below, once the others know
+                    finished = True
+                torch.distributed.broadcast(torch.tensor([int(finished)]), src=0)
+                if finished:
+                    return future.result()
+
+    return run
+
+
+def _wait_for_main(waiting_for: str, *, announce: bool) -> None:
+    started = time.monotonic()
+    while True:
+        flag = torch.tensor([0])
+        torch.distributed.broadcast(flag, src=0)
+        if flag.item():
+            return
+        if announce:  # one rank speaks for all the waiting ones
+            error_console.print(f"ranks 1+ waiting for rank 0 ({waiting_for}): {time.monotonic() - started:.0f} s")
 
 
 def from_environment(device: str) -> Distributed:

@@ -50,6 +50,7 @@ class FinetuneConfig:
     precision: str = "auto"
     patience: int = 5
     skip_bad_images: bool = False
+    image_check: str = "cached"  # image_check.CHECK_MODES: cached (default), full, header
     workers: int | None = None
 
 
@@ -84,7 +85,7 @@ def _make_split(config: FinetuneConfig, out: Path, resume: bool) -> Split:
     if resume:
         return Split.from_dict(read_json(out / runfolder.SPLIT_JSON))
     return build_split(Path(config.data), val_fraction=config.val_split, test_fraction=config.test_split,
-                       seed=config.seed, skip_bad_images=config.skip_bad_images)
+                       seed=config.seed, skip_bad_images=config.skip_bad_images, image_check=config.image_check)
 
 
 def _write_run_start(config: FinetuneConfig, out: Path, split: Split) -> None:
@@ -123,7 +124,8 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     _seed_everything(config.seed)
     workers = config.workers if config.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
 
-    split = dist.on_main(lambda: _make_split(config, out, resume))
+    # Checking a large folder can outlast a collective's timeout: the other ranks wait on a heartbeat.
+    split = dist.on_main(lambda: _make_split(config, out, resume), waiting_for="its image check")
     train_counts = split.class_counts(split.train)
     console.print(
         f"data: {len(split.class_names)} classes, {len(split.train)} train / {len(split.val)} val / "
