@@ -23,7 +23,7 @@ from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError
 from vgg_deploy.export.layer_names import vgg_layer_names
 from vgg_deploy.export.parity import compare
-from vgg_deploy.fileio import atomic_path
+from vgg_deploy.fileio import atomic_path, sha256_file
 
 # Batches the SQNR measurement runs through both models (activations are held in memory).
 SENSITIVITY_BATCHES = 2
@@ -39,6 +39,7 @@ KEPT_PRECISION = {"cpu": ("fp32", "onnxruntime/OpenVINO CPU kernels for Conv/Gem
 # input costs the producer its kernel (onnxruntime fuses DQ-Conv-Q only with the output Q): measured at
 # 224 px, fc7 kept cost 1.72x the all-INT8 latency with a float input and 1.06x with the rounded one
 # (benchmarks/README.md, "INT8"). TensorRT's placement has no Q/DQ on op outputs, so its input is float.
+EQUALIZED_ONNX = "equalized.onnx"
 KEPT_INPUT = {"cpu": "int8-rounded by its producer's integer kernel", "tensorrt": "float"}
 
 
@@ -66,12 +67,18 @@ def build_int8(
     max_accuracy_drop: float | None,
     max_fp32_layers: int = 4,
     placement: str = "cpu",
+    equalize: bool = True,
 ) -> dict:
     """`fp32_sha256` is the FP32 file's hash (the manifest has it; a 500 MB file is not read twice).
     `evaluate(path)` returns the candidate's logits on the decision images behind `reference_logits`/`labels`
-    (described by `decision_images`); `report(path)` gives the figures on the test images, after the decisions."""
+    (described by `decision_images`); `report(path)` gives the figures on the test images, after the decisions.
+    `equalize`: quantize the range-equalized FP32 model (calibration.equalize; the same function, exactly)."""
     calib_count = int(sum(b.shape[0] for b in calib_batches))
     data_sha256 = calibration.hash_batches(calib_batches)
+    equalization = {"applied": False, "why": "--no-equalize"}
+    if equalize:
+        fp32_path, fp32_sha256, equalization = _equalized(fp32_path, fp32_sha256, calib_batches, input_name=input_name,
+                                                          cache_dir=cache_dir)
 
     calibrated: dict[str, tuple] = {}
 
@@ -179,6 +186,7 @@ def build_int8(
                 for step in result.steps]
     return {
         "placement": {"target": placement, "qdq": PLACEMENTS[placement]},
+        "equalization": equalization,
         "calibration": {
             "method": method,
             "method_choice": ({"by": "lowest disagreement with FP32 on the decision images", **method_trials}
@@ -203,6 +211,30 @@ def build_int8(
     }
 
 
+def _equalized(fp32_path: Path, fp32_sha256: str, calib_batches: Sequence[np.ndarray], *, input_name: str,
+               cache_dir: Path) -> tuple[Path, str, dict]:
+    """The equalized FP32 model every INT8 step then works from (its ranges are cached under its own key)."""
+    from calibration.equalize import NotExactError, equalize
+
+    out = cache_dir / EQUALIZED_ONNX
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(out) as tmp:
+            info = equalize(fp32_path, tmp, calib_batches, input_name=input_name)
+    except NotExactError as err:
+        console.print(f"int8: warning: no range equalization ({err})")
+        return fp32_path, fp32_sha256, {"applied": False, "why": str(err)}
+    worst = max((pair["range_max_over_median_before"] for pair in info["pairs"]), default=1.0)
+    console.print(f"int8: equalized the channel ranges of {len(info['pairs'])} layer pairs on the calibration "
+                  f"images (largest max/median channel range {worst:.0f} before); FP32 outputs unchanged "
+                  f"({info['fp32_output_drift']:.1e} of their range)")
+    # The equalized model is a function of the FP32 file, the calibration images (in the range cache's key
+    # already) and the rule, so the cache says which of those changed rather than "the model changed".
+    key = f"{fp32_sha256}+{info['method']}"
+    return out, key, {"applied": True, "file": str(out.relative_to(cache_dir.parent)), "sha256": sha256_file(out),
+                      **info}
+
+
 def write_tensorrt_qdq(fp32_path: Path, out: Path, *, int8_entry: dict, cache_dir: Path,
                        keep_fp32_nodes: Sequence[str] = ()) -> tuple[Path, dict]:
     """The onnx-int8 artifact's ranges and kept layers, with Q/DQ placed where TensorRT wants them (inputs of
@@ -212,6 +244,8 @@ def write_tensorrt_qdq(fp32_path: Path, out: Path, *, int8_entry: dict, cache_di
 
     kept = [layer["node"] for layer in int8_entry.get("kept_out_of_int8", [])]
     method = int8_entry["calibration"]["method"]
+    if int8_entry.get("equalization", {}).get("applied"):
+        fp32_path = cache_dir.parent / int8_entry["equalization"]["file"]  # the ranges are the equalized model's
     with tempfile.TemporaryDirectory(prefix=".tensorrt-qdq-", dir=out.parent) as scratch:
         fp32_qdq = Path(scratch) / "fp32-qdq.onnx"
         calibration.quantize_qdq(fp32_path, fp32_qdq, ranges_path=calibration.RangeCache(cache_dir / method).ranges_path,

@@ -29,6 +29,7 @@ class ExportOptions:
     formats: list[str] = field(default_factory=lambda: ["onnx", "onnx-fp16", "onnx-int8"])
     calib_images: int = 128
     calib_method: str = "minmax"
+    equalize: bool = True  # INT8 from the range-equalized FP32 model (exact in FP32; see calibration.equalize)
     max_accuracy_drop: float | None = None
     max_fp32_layers: int = 4
     check_images: int | None = 256  # test images for parity/accuracy figures, and val images for decisions (None: all)
@@ -149,6 +150,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
                 evaluate=lambda p: ort_logits(p, decision_batches), reference_logits=decision_reference,
                 labels=decision_labels, decision_images=decision_images, report=test_figures,
                 max_accuracy_drop=options.max_accuracy_drop, max_fp32_layers=options.max_fp32_layers,
+                equalize=options.equalize,
             )
             artifacts[name] = mf.artifact_entry(export_dir, name, **info)
         else:
