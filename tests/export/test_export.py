@@ -151,6 +151,16 @@ def test_reexport_reuses_the_onnx_and_the_ranges_and_recalibrates_when_images_ch
     assert {a["name"] for a in _manifest(run_copy)["artifacts"]} == {"onnx", "onnx-fp16", "onnx-int8"}
 
 
+def test_equalize_builds_int8_from_an_equivalent_model_and_says_so(run_copy):
+    (run_copy / "export" / "model.int8.onnx").unlink()  # hard-linked to the session run's file
+    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=48, check_images=72, equalize=True))
+    entry = next(a for a in _manifest(run_copy)["artifacts"] if a["name"] == "onnx-int8")
+    eq = entry["equalization"]
+    assert eq["applied"] and eq["fp32_output_drift"] < 1e-4 and len(eq["pairs"]) >= 12  # every conv-conv pair
+    assert (run_copy / "export" / eq["file"]).is_file() and sha256_file(run_copy / "export" / eq["file"]) == eq["sha256"]
+    assert entry["accuracy"]["split"] == "test" and entry["calibration"]["reason"]
+
+
 def _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls):
     import onnxruntime as ort
 

@@ -28,7 +28,7 @@ def export_command(
         None, min=0.0, help="INT8 budget in points of top-1 disagreement with FP32 on val (never test); keeps "
         "the layers that buy the most agreement per cost out of INT8 until met.",
     ),
-    equalize: bool = typer.Option(True, help="INT8: first equalize each layer's per-channel ranges (an exact FP32 "
+    equalize: bool = typer.Option(False, help="INT8: first equalize each layer's per-channel ranges (an exact FP32 "
                                   "rewrite), so one scale per tensor serves small channels too."),
     max_fp32_layers: int = typer.Option(4, min=1, help="Most layers the INT8 budget may keep out of INT8."),
     check_images: int = typer.Option(256, min=1, help="Test images for parity figures, and val images for INT8 decisions."),

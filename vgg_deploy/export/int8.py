@@ -67,7 +67,7 @@ def build_int8(
     max_accuracy_drop: float | None,
     max_fp32_layers: int = 4,
     placement: str = "cpu",
-    equalize: bool = True,
+    equalize: bool = False,
 ) -> dict:
     """`fp32_sha256` is the FP32 file's hash (the manifest has it; a 500 MB file is not read twice).
     `evaluate(path)` returns the candidate's logits on the decision images behind `reference_logits`/`labels`
@@ -75,7 +75,7 @@ def build_int8(
     `equalize`: quantize the range-equalized FP32 model (calibration.equalize; the same function, exactly)."""
     calib_count = int(sum(b.shape[0] for b in calib_batches))
     data_sha256 = calibration.hash_batches(calib_batches)
-    equalization = {"applied": False, "why": "--no-equalize"}
+    equalization = {"applied": False, "why": "not asked for (--equalize)"}
     if equalize:
         fp32_path, fp32_sha256, equalization = _equalized(fp32_path, fp32_sha256, calib_batches, input_name=input_name,
                                                           cache_dir=cache_dir)
