@@ -97,7 +97,7 @@ def _with_heartbeat(fn: Callable[[], T], heartbeat_s: float) -> Callable[[], T]:
                     finished = True
                 except FutureTimeout:
                     finished = False
-                except BaseException:  # noqa: BLE001 - fn's own error is raised below, once the others know
+                except Exception:  # noqa: BLE001 - fn's own error is raised below, once the others know
                     finished = True
                 torch.distributed.broadcast(torch.tensor([int(finished)]), src=0)
                 if finished:
