@@ -20,14 +20,12 @@ import os
 import sqlite3
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import PIL
-from PIL import Image, UnidentifiedImageError
 
 from vgg_deploy.errors import DataError
 from vgg_deploy.imaging import MAX_IMAGE_PIXELS, BadImage, check_image
@@ -58,29 +56,6 @@ def default_cache_path() -> Path:
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vgg-deploy"
     return Path(root) / "image_checks.sqlite"
-
-
-def check_header(path: str | Path) -> BadImage | None:
-    """--image-check header: what can be known without decoding the pixels."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            return BadImage(str(path), "empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        return BadImage(str(path), f"too large, possible decompression bomb ({err})")
-    except UnidentifiedImageError:
-        return BadImage(str(path), "not a readable image")
-    except (OSError, SyntaxError, ValueError) as err:
-        return BadImage(str(path), f"corrupt or truncated ({err})")
-    if width * height > MAX_IMAGE_PIXELS:
-        return BadImage(str(path), f"too large ({width}x{height} px; possible decompression bomb)")
-    if width < 1 or height < 1:
-        return BadImage(str(path), "zero-sized image")
-    return None
 
 
 def _check_chunk(paths: list[str]) -> list[str | None]:
@@ -200,7 +175,7 @@ def check_images(paths: Sequence[Path], *, mode: str = "cached", workers: int | 
     names = [os.path.abspath(p) for p in paths]  # abspath, not resolve: no system call per path
     shown = {name: str(p) for name, p in zip(names, paths)}
     if mode == "header":
-        return [bad for p in paths if (bad := check_header(p)) is not None]
+        return [bad for p in paths if (bad := check_image(p, decode=False)) is not None]
     workers = workers or usable_cores()
     cache = VerdictCache(cache_path or default_cache_path(), report=report)
     try:

@@ -50,8 +50,9 @@ def load_rgb(path: str | Path) -> Image.Image:
             return _to_rgb(img)
 
 
-def check_image(path: str | Path) -> BadImage | None:
-    """None if the file decodes to a usable image, else why not."""
+def check_image(path: str | Path, *, decode: bool = True) -> BadImage | None:
+    """None if the file decodes to a usable image, else why not. decode=False reads the header only
+    (format, size, the bomb limit): it cannot see truncated or corrupt pixel data."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -62,10 +63,11 @@ def check_image(path: str | Path) -> BadImage | None:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
                     return BadImage(str(path), f"too large ({width}x{height} px; possible decompression bomb)")
-                img.load()
                 if width < 1 or height < 1:
                     return BadImage(str(path), "zero-sized image")
-                _to_rgb(img)
+                if decode:
+                    img.load()
+                    _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return BadImage(str(path), f"too large, possible decompression bomb ({err})")
     except UnidentifiedImageError:
