@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from vgg_deploy import runfolder
 from vgg_deploy.errors import RunFolderError
-from vgg_deploy.finetune import FinetuneConfig, finetune
+from vgg_deploy.finetune import FinetuneConfig, cases, finetune
 from vgg_deploy.finetune.loop import TrainingLoop as _TrainingLoop
 
 
@@ -93,12 +93,29 @@ def test_resume_continues_from_the_last_finished_epoch(tiny_data, tmp_path, monk
 
     monkeypatch.setattr(_TrainingLoop, "_save_resume", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        finetune(_config(tiny_data, out, epochs=2))
-    # Interrupted: the kept checkpoint and its description are whole; resume state is there.
+        finetune(_config(tiny_data, out, epochs=2, case="auto", device="auto"))
+    # Interrupted: the kept checkpoint (epoch 1) and its description are whole; resume state is there.
     assert (out / "resume.pt").is_file()
-    assert runfolder.open_run(out).load_model() is not None
+    kept = runfolder.open_run(out)
+    assert kept.info["metrics"]["epoch"] == 1
+    on_disk = load_file(str(out / "model.safetensors"))
+    for key, value in kept.load_model().state_dict().items():
+        torch.testing.assert_close(value, on_disk[key], rtol=0, atol=0)
+    # config.json is the resolved configuration: what auto chose, not "auto".
+    config = json.loads((out / "config.json").read_text())
+    assert (config["case"], config["device"], config["precision"], config["workers"]) == (
+        "large-different", "cpu", "fp32", 0)
+    assert config["lr"] == 1e-4 and config["case_decision"]["case"] == "large-different"
+    assert config["head_init"] == "random" and config["head"] == "classic"
+
+    def decides_again(*_, **__):
+        raise AssertionError("--resume decided the case again")
+
+    monkeypatch.setattr(cases, "decide_case", decides_again)
+    monkeypatch.setattr(cases, "decide_size", decides_again)
     monkeypatch.setattr(_TrainingLoop, "_save_resume", original)
     info = finetune(_config(tiny_data, out, epochs=2), resume=True)
+    assert info["case_decision"] == config["case_decision"]
     epochs = [json.loads(line)["epoch"] for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     assert not (out / "resume.pt").exists()

@@ -92,6 +92,20 @@ def _frozen_for_case(case: str) -> tuple[str, ...]:
     return ()
 
 
+def _frozen(case: str, pretrained_groups: tuple[str, ...], fixed: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(g for g in _frozen_for_case(case) if g not in fixed and (g in pretrained_groups or not pretrained_groups))
+
+
+def resolved_lr(case: str, *, lr: float | None, pretrained_groups: tuple[str, ...], head: str = CLASSIC_HEAD) -> float:
+    """What `--lr` means for this plan: the given rate, or its default (the new head's rate when layers keep
+    their features, the conv layers' rate when every layer trains from scratch). Saved in config.json."""
+    if lr is not None:
+        return lr
+    pretrained_groups = tuple(g for g in BODY_GROUPS if g in pretrained_groups)
+    keeps_features = pretrained_groups or _frozen(case, pretrained_groups, FC_HIDDEN if head == POOLED_HEAD else ())
+    return DEFAULT_HEAD_LR if keeps_features else DEFAULT_SCRATCH_LR
+
+
 def plan_for_case(case: str, *, lr: float | None = None, pretrained: bool | None = None,
                   pretrained_groups: tuple[str, ...] | None = None, epochs: int, head: str = CLASSIC_HEAD,
                   head_init: str = "random") -> FreezePlan:
@@ -106,15 +120,16 @@ def plan_for_case(case: str, *, lr: float | None = None, pretrained: bool | None
     pretrained_groups = tuple(g for g in BODY_GROUPS if g in pretrained_groups)
     is_pretrained = bool(pretrained_groups)
     fixed = FC_HIDDEN if head == POOLED_HEAD else ()
-    frozen = tuple(g for g in _frozen_for_case(case) if g not in fixed and (g in pretrained_groups or not is_pretrained))
+    frozen = _frozen(case, pretrained_groups, fixed)
     trained = tuple(g for g in GROUP_NAMES if g not in frozen and g not in fixed)
+    base_lr = resolved_lr(case, lr=lr, pretrained_groups=pretrained_groups, head=head)
     if is_pretrained or frozen:
         # A new head on layers that keep (pretrained or, with --weights none, random) features.
-        head_lr = lr if lr is not None else DEFAULT_HEAD_LR
+        head_lr = base_lr
         pretrained_lr = head_lr * PRETRAINED_LR_FACTOR.get(case, 1.0)
         random_conv_lr = DEFAULT_SCRATCH_LR if is_pretrained else pretrained_lr
     else:
-        pretrained_lr = random_conv_lr = lr if lr is not None else DEFAULT_SCRATCH_LR
+        pretrained_lr = random_conv_lr = base_lr
         head_lr = pretrained_lr * FC_LR_FACTOR
     lp_done = head_init == "probe"
     if lp_done and trained != (HEAD,):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 
+import numpy as np
 import torch
 
 from vgg_deploy.errors import VggDeployError
@@ -42,3 +45,15 @@ def autocast_context(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_workers(workers: int | None) -> int:
+    """Data-loader processes: as given, else one per core but one, at most 4 (VGG's compute, not decoding,
+    bounds a step here)."""
+    return workers if workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))

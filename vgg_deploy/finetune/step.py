@@ -6,12 +6,10 @@ Runs in one process, or under torchrun with one process per device (rank 0 alone
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -54,12 +52,6 @@ class FinetuneConfig:
     workers: int | None = None
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _versions() -> dict:
     import torchvision
 
@@ -88,12 +80,23 @@ def _make_split(config: FinetuneConfig, out: Path, resume: bool) -> Split:
                        seed=config.seed, skip_bad_images=config.skip_bad_images, image_check=config.image_check)
 
 
-def _write_run_start(config: FinetuneConfig, out: Path, split: Split) -> None:
-    """Written only once data and weights are both known good, so a failed start leaves RUN untouched."""
+# Decided once, when the run starts, and saved beside the resolved configuration: --resume reuses them.
+DECIDED_KEYS = ("case_decision", "head_init")
+
+
+def _write_run_start(config: FinetuneConfig, out: Path, split: Split, decided: dict) -> None:
+    """Written only once data, weights and the case are all known, so a failed start leaves RUN untouched.
+    config.json is the resolved configuration (timm's args.yaml): no "auto" is left in it."""
     write_json(out / runfolder.SPLIT_JSON, split.to_dict())
     if split.skipped:
         write_json(out / runfolder.SKIPPED_JSON, [asdict(b) for b in split.skipped])
-    write_json(out / runfolder.CONFIG_JSON, asdict(config))
+    write_json(out / runfolder.CONFIG_JSON, {**asdict(config), **decided})
+
+
+def _saved_config(out: Path) -> tuple[FinetuneConfig, dict | None]:
+    saved = read_json(out / runfolder.CONFIG_JSON)
+    decided = {key: saved.pop(key) for key in DECIDED_KEYS if key in saved}
+    return FinetuneConfig(**saved), (decided if len(decided) == len(DECIDED_KEYS) else None)
 
 
 def finetune(config: FinetuneConfig, *, resume: bool = False) -> dict:
@@ -108,31 +111,30 @@ def finetune(config: FinetuneConfig, *, resume: bool = False) -> dict:
         shutdown(dist)
 
 
-def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dict:
-    out = dist.on_main(lambda: _prepare_run_folder(config, resume))
-    if resume:
-        config = FinetuneConfig(**read_json(out / runfolder.CONFIG_JSON))
-        console.print(f"resuming {out} with its saved configuration ({runfolder.CONFIG_JSON})")
+def _check_config(config: FinetuneConfig, dist: Distributed) -> None:
     if config.case not in ("auto", *cases.CASES):
         raise VggDeployError(f"--case must be auto or one of {', '.join(cases.CASES)} (got {config.case!r})")
     if config.batch_size % dist.world_size:
         raise VggDeployError(f"--batch-size {config.batch_size} (global) must divide by the {dist.world_size} processes")
-    device = D.resolve_device(config.device)
-    if device.type == "cuda" and dist.enabled:
-        device = torch.device("cuda", dist.local_rank)
-    precision = D.resolve_precision(config.precision, device)
-    _seed_everything(config.seed)
-    workers = config.workers if config.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
 
+
+def _device(config: FinetuneConfig, dist: Distributed) -> torch.device:
+    device = D.resolve_device(config.device)
+    return torch.device("cuda", dist.local_rank) if device.type == "cuda" and dist.enabled else device
+
+
+def _load_split(config: FinetuneConfig, out: Path, resume: bool, dist: Distributed) -> Split:
     # Checking a large folder can outlast a collective's timeout: the other ranks wait on a heartbeat.
     split = dist.on_main(lambda: _make_split(config, out, resume), waiting_for="its image check")
-    train_counts = split.class_counts(split.train)
     console.print(
         f"data: {len(split.class_names)} classes, {len(split.train)} train / {len(split.val)} val / "
         f"{len(split.test)} test images "
         f"({split.source} split)" + (f", {len(split.skipped)} bad image(s) skipped" if split.skipped else "")
     )
+    return split
 
+
+def _load_backbone(config: FinetuneConfig, dist: Distributed) -> tuple[nn.Module, dict, Preprocessing, str]:
     if dist.enabled and config.weights == "imagenet":
         # Rank 0 fills torchvision's download cache first, so ranks do not race to write the same file.
         dist.on_main(lambda: bool(pretrained_vgg16(config.weights)))
@@ -145,8 +147,6 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     except ValueError as err:
         raise VggDeployError(f"--image-size: {err}") from None
     head = _resolve_head(config.head, weights_info)
-    pretrained_groups = tuple(g for g in weights_info["pretrained_groups"]
-                              if head == heads.CLASSIC or g not in cases.FC_HIDDEN)
     if head == heads.POOLED_HEAD and not weights_info["pretrained"] and config.case not in ("small-similar",
                                                                                           "small-different"):
         # Checked before anything is written: from scratch every layer trains, as VGG16-BN with the classic head.
@@ -154,21 +154,50 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
                              "scratch (--weights none) VGG16 trains as VGG16-BN with the classic head")
     if head == heads.POOLED_HEAD:
         model = with_pooled_head(model, 1000)
-    if not resume:
-        dist.on_main(lambda: _write_run_start(config, out, split))
-    pretrained = weights_info["pretrained"]
+    return model, weights_info, preprocessing, head
+
+
+def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dict:
+    out = dist.on_main(lambda: _prepare_run_folder(config, resume))
+    decided = None
+    if resume:
+        config, decided = _saved_config(out)
+        console.print(f"resuming {out} with its saved configuration ({runfolder.CONFIG_JSON})")
+    _check_config(config, dist)
+    device = _device(config, dist)
+    precision = D.resolve_precision(config.precision, device)
+    D.seed_everything(config.seed)
+    split = _load_split(config, out, resume, dist)
+    model, weights_info, preprocessing, head = _load_backbone(config, dist)
+    pretrained_groups = tuple(g for g in weights_info["pretrained_groups"]
+                              if head == heads.CLASSIC or g not in cases.FC_HIDDEN)
     train_items, val_items, test_items = (split.absolute(part) for part in (split.train, split.val, split.test))
-    decision, probe = dist.on_main(lambda: _decide(config, model, pretrained_groups, head, train_items, val_items,
-                                                   train_counts, preprocessing, device, len(split.class_names)))
+    train_counts = split.class_counts(split.train)
+    probe = None
+    if decided is None:
+        if resume:
+            console.print(f"{runfolder.CONFIG_JSON} predates saved decisions: deciding the case again")
+        decision, probe = dist.on_main(lambda: _decide(config, model, pretrained_groups, head, train_items, val_items,
+                                                       train_counts, preprocessing, device, len(split.class_names)))
+        decided = {"case_decision": decision.to_dict(), "head_init": "probe" if probe is not None else "random"}
+    else:
+        decision = cases.CaseDecision(**decided["case_decision"])
+        console.print(f"case: {decision.case}, as decided when the run started ({runfolder.CONFIG_JSON})")
     for reason in decision.reasons:
         console.print(reason)
+    config = dataclasses.replace(
+        config, case=decision.case, head=head, device=device.type, precision=precision,
+        workers=D.default_workers(config.workers),
+        lr=cases.resolved_lr(decision.case, lr=config.lr, pretrained_groups=pretrained_groups, head=head))
+    if not resume:
+        dist.on_main(lambda: _write_run_start(config, out, split, decided))
 
     # Deciding (the probes' data loaders draw from the global RNG) must not change how training goes: `--case
     # auto` trains as `--case <its pick>` would, except that its head starts as the probe.
-    _seed_everything(config.seed)
+    D.seed_everything(config.seed)
     plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained_groups=pretrained_groups,
-                               epochs=config.epochs, head=head, head_init="probe" if probe is not None else "random")
-    if not pretrained and not plan.frozen:
+                               epochs=config.epochs, head=head, head_init=decided["head_init"])
+    if not weights_info["pretrained"] and not plan.frozen:
         # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
         # BatchNorm twin learns, and each BatchNorm folds exactly into its conv when saved, so
         # model.safetensors is still a plain torchvision VGG16.
@@ -182,15 +211,29 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
             model.classifier[6].weight.copy_(probe.weight)
             model.classifier[6].bias.copy_(probe.bias)
     model.to(device)
-    channels_last = True  # VGG is all convolutions and GEMMs; channels-last helps oneDNN and cuDNN alike
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # VGG is all convolutions and GEMMs: helps oneDNN and cuDNN alike
     O.apply_freeze(model, plan)
 
     weights = class_weights(train_counts).to(device)
     imbalance = max(train_counts) / max(1, min(train_counts))
     console.print(f"class balance: largest/smallest = {imbalance:.2f}; loss weighted by inverse class frequency")
+    base_info = _base_info(split, preprocessing, decision, plan, head, weights_info, device=device,
+                           precision=precision, dist=dist, config=config, class_weights=weights, imbalance=imbalance)
+    loop = TrainingLoop(
+        model=model, plan=plan, config=config, out=out, device=device, precision=precision,
+        channels_last=True, loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
+        workers=config.workers, preprocessing=preprocessing, train_items=train_items, val_items=val_items,
+        test_items=test_items, base_info=base_info, dist=dist,
+    )
+    return loop.run(resume=resume)
 
-    base_info = {
+
+def _base_info(split: Split, preprocessing: Preprocessing, decision: cases.CaseDecision, plan: cases.FreezePlan,
+               head: str, weights_info: dict, *, device, precision: str, dist: Distributed, config: FinetuneConfig,
+               class_weights, imbalance: float) -> dict:
+    """model.json, less the metrics the loop adds."""
+    train_counts = split.class_counts(split.train)
+    info = {
         "arch": "vgg16",
         "num_classes": len(split.class_names),
         "class_names": split.class_names,
@@ -200,23 +243,17 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         "plan": plan.to_dict(),
         "head": heads.head_info(head),
         "weights": weights_info,
-        "training": {"device": device.type, "precision": precision, "channels_last": channels_last,
+        "training": {"device": device.type, "precision": precision, "channels_last": True,
                      "world_size": dist.world_size, "global_batch_size": config.batch_size,
-                     "class_weights": [round(float(w), 4) for w in weights], "class_counts_train": train_counts,
+                     "class_weights": [round(float(w), 4) for w in class_weights], "class_counts_train": train_counts,
                      "imbalance_ratio": round(imbalance, 3)},
         "data": {"root": split.root, "split_source": split.source, "train_images": len(split.train),
                  "val_images": len(split.val), "test_images": len(split.test), "skipped_images": len(split.skipped)},
         "versions": _versions(),
     }
     if head == heads.POOLED_HEAD:
-        base_info["widths"] = heads.pooled_head_widths()
-    loop = TrainingLoop(
-        model=model, plan=plan, config=config, out=out, device=device, precision=precision,
-        channels_last=channels_last, loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
-        workers=workers, preprocessing=preprocessing, train_items=train_items, val_items=val_items,
-        test_items=test_items, base_info=base_info, dist=dist,
-    )
-    return loop.run(resume=resume)
+        info["widths"] = heads.pooled_head_widths()
+    return info
 
 
 def _describe_weights(info: dict) -> list[str]:

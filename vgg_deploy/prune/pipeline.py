@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -98,12 +95,6 @@ def _check(config: PruneConfig) -> None:
         raise VggDeployError("--latency-rounds must be 0 (do not measure) or more")
 
 
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _prepare_out(config: PruneConfig, resume: bool) -> Path:
     out = Path(config.out)
     if out.resolve() == Path(config.run).resolve():
@@ -130,7 +121,7 @@ class Pruning:
         self.class_names = self.source.class_names
         self.device = D.resolve_device(config.device)
         self.precision = D.resolve_precision(config.precision, self.device)
-        self.workers = config.workers if config.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+        self.workers = D.default_workers(config.workers)
         self.train_items, self.val_items, self.test_items = (
             self.split.absolute(part) for part in (self.split.train, self.split.val, self.split.test))
         missing = [str(p) for p, _ in self.train_items + self.val_items if not Path(p).is_file()]
@@ -191,7 +182,7 @@ class Pruning:
 
     # -- one step --------------------------------------------------------------------------------
     def _score_batches(self, seed: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manualD.seed_everything(seed)
         return DataLoader(ImageDataset(self.train_items, self.preprocessing.eval_transform()),
                           batch_size=self.config.batch_size, shuffle=True, generator=generator, num_workers=0)
 
@@ -220,12 +211,12 @@ class Pruning:
         recovered = step_dir / RECOVERED
         if not recovered.is_file():
             seed = c.seed * 1000 + index
-            _seed(seed)
+            D.seed_everything(seed)
             pruned = self._pruned_start(model, widths, step_dir, seed)
             val_before = self.evaluate(pruned, self.val_items)
             console.print(f"step {index}/{c.steps}: kept {keep:.3f} of each layer; val top-1 {val_before:.3f} "
                           "before recovery")
-            _seed(seed)
+            D.seed_everything(seed)
             self._recover(pruned, widths, step_dir, index, resume=(step_dir / runfolder.RESUME_STATE).is_file())
             write_json(recovered, {"val_top1_before_recovery": val_before})
         trained = runfolder.open_run(step_dir).load_model()
@@ -307,7 +298,9 @@ def prune(config: PruneConfig, *, resume: bool = False) -> dict:
         # Written only once the target is known reachable, so a refused request leaves --out reusable.
         shutil.copyfile(state.source.path / runfolder.SPLIT_JSON, out / runfolder.SPLIT_JSON)
         write_json(out / TARGET_JSON, target)
-        write_json(out / runfolder.CONFIG_JSON, asdict(config))
+        # Resolved, so --resume runs on the device, precision and loaders this run started with.
+        resolved = replace(config, device=state.device.type, precision=state.precision, workers=state.workers)
+        write_json(out / runfolder.CONFIG_JSON, asdict(resolved))
     source_metrics = state.source.info.get("metrics", {})
     start = {"step": 0, "keep": 1.0, "widths": state.source_widths, **state.work(state.source_widths),
              "val_top1": source_metrics.get("val", {}).get("top1"), "test_top1": source_metrics.get("test", {}).get("top1"),
