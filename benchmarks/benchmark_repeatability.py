@@ -46,7 +46,7 @@ def main() -> None:
                 rows.setdefault(key, []).append({"p50_ms": row["latency_ms"]["1"]["p50"],
                                                  "speedup_vs_pytorch": row["speedup"]["vs_pytorch"]["1"]})
     summary = {}
-    print(f"\n| row | batch-1 p50, ms, per run | max/min | speed-up vs eager PyTorch, per run | max/min |\n|---|---|---|---|---|")
+    print("\n| row | batch-1 p50, ms, per run | max/min | speed-up vs eager PyTorch, per run | max/min |\n|---|---|---|---|---|")
     for key, runs in rows.items():
         p50s = [r["p50_ms"] for r in runs]
         ratios = [r["speedup_vs_pytorch"] for r in runs]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from vgg_deploy.benchmark.machine import describe_machine
 from vgg_deploy.errors import VggDeployError
 from vgg_deploy.export.pipeline import ExportOptions, export
+from vgg_deploy.fileio import copy_run_sharing_files
 
 METHODS = ("entropy", "minmax", "percentile")
 
@@ -28,15 +28,8 @@ def _copy_run(run: Path, dest: Path) -> Path:
     """The run with its FP32 ONNX, sharing the big files by hard link; no INT8 file, no ranges."""
     if dest.exists():
         shutil.rmtree(dest)
-
-    def link_or_copy(src, dst):
-        if src.endswith((".json", ".jsonl")):
-            return shutil.copy2(src, dst)
-        return os.link(src, dst)
-
-    shutil.copytree(run, dest, copy_function=link_or_copy,
-                     ignore=shutil.ignore_patterns("model.int8.onnx", "calibration", "model.fp16.onnx", "benchmark"))
-    return dest
+    return copy_run_sharing_files(run, dest, ignore=shutil.ignore_patterns(
+        "model.int8.onnx", "calibration", "model.fp16.onnx", "benchmark"))
 
 
 def _int8_figures(run: Path, options: ExportOptions) -> dict:

@@ -78,7 +78,7 @@ def int8_row(entry: dict, seconds: float) -> dict:
 
 def measure_int8(run: Path, variants: list[str], save) -> list[dict]:
     """`variants`: calibration methods, each optionally suffixed ":plain" for no range equalization."""
-    from vgg_deploy.export.manifest import read_manifest
+    from vgg_deploy.artifacts.manifest import read_manifest
     from vgg_deploy.export.pipeline import ExportOptions, export
 
     rows = []

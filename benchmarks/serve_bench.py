@@ -80,7 +80,7 @@ def load_level(server: TritonServer, protocol: str, images: np.ndarray, *, concu
 def offline_levels(run: Path, artifact: str, images: np.ndarray, *, batch_sizes: list[int], seconds: float) -> list:
     """The same file on the same runtime, in this process, without a server: what serving adds is the
     difference. Measured in this run, beside the served levels, not taken from an older report."""
-    from vgg_deploy.export.manifest import read_manifest
+    from vgg_deploy.artifacts.manifest import read_manifest
     from vgg_deploy.runners.spec import RunnerSpec, build_runner
 
     entry = next(e for e in read_manifest(run / "export")["artifacts"] if e["name"] == artifact)

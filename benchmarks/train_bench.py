@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from vgg_deploy.finetune import cases
-from vgg_deploy.finetune import devices as D
-from vgg_deploy.finetune import epoch as E
-from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune import devices
+from vgg_deploy.finetune import optimization
+from vgg_deploy.finetune.epoch import run_epoch
 from vgg_deploy.model import new_vgg16
 
 
@@ -46,14 +46,14 @@ def plain_step_factory(model):
 def toolkit_step_factory(model):
     plan = cases.plan_for_case("large-different", lr=1e-4, pretrained=False, epochs=1)
     model.to(memory_format=torch.channels_last)
-    O.apply_freeze(model, plan)
-    O.set_train_mode(model, plan)
-    optimizer = O.build_optimizer(model, plan, weight_decay=0.0)
-    precision = D.resolve_precision("auto", torch.device("cpu"))
+    optimization.apply_freeze(model, plan)
+    optimization.set_train_mode(model, plan)
+    optimizer = optimization.build_optimizer(model, plan, weight_decay=0.0)
+    precision = devices.resolve_precision("auto", torch.device("cpu"))
     loss_fn = nn.CrossEntropyLoss()
 
     def step(x, y):
-        stats = E.run_epoch(model, [(x, y)], loss_fn=loss_fn, device=torch.device("cpu"), precision=precision,
+        stats = run_epoch(model, [(x, y)], loss_fn=loss_fn, device=torch.device("cpu"), precision=precision,
                             channels_last=True, optimizer=optimizer)
         return stats.loss
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 # Ops between a producer and its consumer that commute with a positive per-channel scale.
 PASS_THROUGH = ("Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
@@ -55,10 +56,7 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
     """Every producer -> consumer chain this rewrite keeps exact, in graph order."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = OnnxModel(model).input_name_to_nodes()
     uses = {name: len(nodes) for name, nodes in consumers.items()}
     outputs = {o.name for o in graph.output}
     constants = {**{name: numpy_helper.to_array(i) for name, i in inits.items() if len(i.dims) <= 1},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 
@@ -10,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 from calibration.ranges import METHODS
 
@@ -50,26 +50,21 @@ def quantize_qdq(
     extra = dict(_TENSORRT_OPTIONS)
     if placement == "tensorrt":
         extra["OpTypesToExcludeOutputQuantization"] = list(op_types)
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime warns about optional pre-processing on every call
-    try:
-        quantize_static(
-            str(float_model),
-            str(out),
-            calibration_data_reader=None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types),
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude_nodes),
-            calibrate_method=METHODS[method],
-            calibration_cache_path=str(ranges_path),
-            extra_options=extra,
-        )
-    finally:
-        logging.getLogger().setLevel(quiet)
+    quantize_static(
+        str(float_model),
+        str(out),
+        calibration_data_reader=None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(op_types),
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude_nodes),
+        calibrate_method=METHODS[method],
+        calibration_cache_path=str(ranges_path),
+        extra_options=extra,
+    )
     keep_graph_outputs_float(out)
     if exclude_nodes and float_inputs_for_excluded:
         feed_excluded_nodes_float(out, exclude_nodes)
@@ -127,11 +122,7 @@ def feed_excluded_nodes_float(model_path: str | os.PathLike[str], excluded: Sequ
     model = onnx.load(str(model_path))
     graph = model.graph
     inits = {i.name for i in graph.initializer}
-    producers = {name: node for node in graph.node for name in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = OnnxModel(model).output_name_to_node(), OnnxModel(model).input_name_to_nodes()
     freed, dropped = [], []
     for node in graph.node:
         if node.name not in excluded or not node.input:

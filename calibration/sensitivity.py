@@ -18,20 +18,14 @@ import onnx
 from onnxruntime.quantization.qdq_loss_debug import (
     collect_activations,
     compute_activation_error,
+    compute_signal_to_quantization_noice_ratio,
     create_activation_matching,
     modify_model_output_intermediate_tensors,
 )
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 from calibration.quantize import QUANTIZED_OP_TYPES
 from calibration.reader import BatchReader
-
-
-def _sqnr(reference: np.ndarray, noisy: np.ndarray) -> float:
-    signal = float(np.sum(np.square(reference, dtype=np.float64)))
-    noise = float(np.sum(np.square(reference.astype(np.float64) - noisy)))
-    if noise == 0.0:
-        return 200.0
-    return 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
 def layer_sqnr(
@@ -49,24 +43,21 @@ def layer_sqnr(
         reader.rewind()
         qdq_acts = collect_activations(str(aug_qdq), reader)
     matching = create_activation_matching(qdq_acts, float_acts)
-    # The model's own errors per tensor (qdq_err: local rounding; xmodel: against FP32) - kept for reference.
-    compute_activation_error(matching)
+    # xmodel_err: each Q/DQ-rounded tensor's SQNR (dB) against the FP32 model's same tensor.
+    errors = compute_activation_error(matching)
 
     def tensor_sqnr(name: str) -> float | None:
-        match = matching.get(name)
-        if match and match.get("float"):
-            return _sqnr(np.concatenate(match["float"]), np.concatenate(match["post_qdq"]))
+        if "xmodel_err" in errors.get(name, {}):
+            return errors[name]["xmodel_err"]
         if name in output_names and float_acts.get(name) and qdq_acts.get(name):
             # A float graph output (no Q/DQ on it): the noise everything before it left in it.
-            return _sqnr(np.concatenate(float_acts[name]), np.concatenate(qdq_acts[name]))
+            return compute_signal_to_quantization_noice_ratio(float_acts[name], qdq_acts[name])
         return None
 
-    graph = onnx.load(str(float_model), load_external_data=False).graph
+    model = onnx.load(str(float_model), load_external_data=False)
+    graph = model.graph
     output_names = {o.name for o in graph.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = OnnxModel(model).input_name_to_nodes()
     layers = []
     for node in graph.node:
         if node.op_type not in op_types:

@@ -13,17 +13,35 @@ from vgg_deploy.cli import app
 runner = CliRunner()
 
 
+COMMANDS = ("finetune", "prune", "export", "benchmark", "predict", "serve", "sample-data", "demo")
+
+
 def test_help_lists_every_command():
+    registered = {command.name for command in app.registered_commands}
+    assert registered == set(COMMANDS)  # a new command is added here, and so checked below
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("finetune", "export", "benchmark", "predict", "sample-data", "demo"):
-        assert command in result.output
+    listed = {line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    assert set(COMMANDS) <= listed, listed
 
 
-def test_python_dash_m_works_like_the_script():
+def test_version():
+    from vgg_deploy import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"vgg-deploy {__version__}"
+
+
+def test_python_dash_m_works_like_the_script_and_imports_no_runtime_for_help():
+    """`python -m vgg_deploy --help`, and what that child process imported (not what pytest has)."""
     result = subprocess.run([sys.executable, "-m", "vgg_deploy", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "finetune" in result.stdout
-    assert "tensorrt" not in sys.modules
+    code = ("import runpy, sys\nsys.argv = ['vgg-deploy', '--help']\ntry:\n"
+            "    runpy.run_module('vgg_deploy', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorrt', 'openvino', 'onnxruntime', 'torch'}))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize(

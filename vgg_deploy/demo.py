@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from vgg_deploy.artifacts import export_dir
 from vgg_deploy.console import console
 from vgg_deploy.errors import VggDeployError
 
@@ -65,7 +66,7 @@ def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = TARGET_E
     console.rule("3/4 export")
     # No --max-accuracy-drop: the demo shows the INT8 report (per-layer SQNR, test agreement) as it comes.
     export(run, ExportOptions(formats=["all"], calib_images=64))
-    console.print(f"artifacts -> {run / 'export'}")
+    console.print(f"artifacts -> {export_dir(run)}")
 
     console.rule("4/4 benchmark")
     # One round keeps the demo short; each row still runs in its own process. For numbers to quote,

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +66,26 @@ def check_writable_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise VggDeployError(f"cannot write to output folder {path}: {err.strerror or err}") from None
     return path
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """A hard link where the file system allows one (no second copy of a 500 MB model), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def copy_run_sharing_files(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
+                           ignore=None) -> Path:
+    """A copy of a run folder whose JSON files are its own (they are rewritten in place) and whose other files
+    are hard links to the source's: for a new export or benchmark beside the original at no disk cost."""
+
+    def copy(src: str, dst: str) -> None:
+        if src.endswith((".json", ".jsonl")):
+            shutil.copy2(src, dst)
+        else:
+            link_or_copy(src, dst)
+
+    shutil.copytree(source, target, copy_function=copy, ignore=ignore)
+    return Path(target)

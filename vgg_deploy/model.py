@@ -8,15 +8,24 @@ import torch
 from torch import nn
 
 from vgg_deploy.errors import WeightsError
+from vgg_deploy.widths import CONV_BLOCKS
+
+
+
+def _feature_slices() -> dict[str, tuple[str, slice]]:
+    """Each conv block's modules in torchvision's `features`: a Conv2d and a ReLU per conv, then the MaxPool."""
+    slices, start = {}, 0
+    for index, block in enumerate(CONV_BLOCKS, 1):
+        end = start + 2 * len(block) + 1
+        slices[f"conv{index}"] = ("features", slice(start, end))
+        start = end
+    return slices
+
 
 # torchvision VGG16 module paths of each named layer group (design.md, "The four cases").
 # fc6/fc7 include their ReLU and Dropout, so a frozen fc layer's dropout is frozen (eval) with it.
 LAYER_GROUPS: dict[str, tuple[str, slice]] = {
-    "conv1": ("features", slice(0, 5)),
-    "conv2": ("features", slice(5, 10)),
-    "conv3": ("features", slice(10, 17)),
-    "conv4": ("features", slice(17, 24)),
-    "conv5": ("features", slice(24, 31)),
+    **_feature_slices(),
     "fc6": ("classifier", slice(0, 3)),
     "fc7": ("classifier", slice(3, 6)),
     "fc8": ("classifier", slice(6, 7)),

@@ -30,10 +30,7 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_benchmark(report: dict, folder: Path) -> None:
@@ -43,17 +40,22 @@ def plot_benchmark(report: dict, folder: Path) -> None:
     if not ok:
         return
     first_batch = str(report["settings"]["batch_sizes"][0])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in ok:
-        x, y = r["latency_ms"][first_batch]["p50"], r["accuracy"]["top1"]
-        ax.scatter([x], [y])
-        ax.annotate(f"{r['artifact']} ({r['backend']})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel=f"p50 latency, batch {first_batch} (ms)", ylabel="top-1", title="accuracy vs latency")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    markers = "osD^v<>ph*"
+    for index, r in enumerate(ok):
+        ax.scatter([r["latency_ms"][first_batch]["p50"]], [r["accuracy"]["top1"]], marker=markers[index % len(markers)],
+                   s=50, label=f"{r['artifact']} ({r['backend']})")
+    tops = [r["accuracy"]["top1"] for r in ok]
+    # At least 5 points of top-1 on the axis, so a sub-point difference looks like one; the bar is one image.
+    middle, half = (max(tops) + min(tops)) / 2, max(0.025, (max(tops) - min(tops)) / 2 + 0.01)
+    ax.set_ylim(max(0.0, middle - half), min(1.0, middle + half) + 0.002)
+    one_image = 1 / max(1, report["settings"].get("images", 1))
+    ax.errorbar([min(r["latency_ms"][first_batch]["p50"] for r in ok)], [min(tops)], yerr=one_image, fmt="none",
+                ecolor="gray", capsize=3, label="± one test image")
+    ax.set(xlabel=f"p50 latency, batch {first_batch} (ms)", ylabel="top-1 (test)", title="accuracy vs latency")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(folder / "accuracy_vs_latency.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _save(plt, fig, folder / "accuracy_vs_latency.png")
 
     batches = [str(b) for b in report["settings"]["batch_sizes"]]
     fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 4), squeeze=False)
@@ -64,10 +66,7 @@ def plot_benchmark(report: dict, folder: Path) -> None:
         ax.set(title=f"batch {batch}: latency per iteration", ylabel="ms")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(folder / "latency.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(plt, fig, folder / "latency.png")
 
 
 def plot_pruning(records: list[dict], path: Path) -> None:
@@ -88,6 +87,10 @@ def plot_pruning(records: list[dict], path: Path) -> None:
                     xytext=(4, 4), fontsize=8)
     ax.set(ylabel="val top-1", title="pruning: accuracy against cost", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

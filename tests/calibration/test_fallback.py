@@ -120,14 +120,18 @@ def test_when_the_first_trials_do_not_help_the_rest_are_tried_and_useless_layers
 
 
 def test_the_cost_counts_weight_reads_so_fc6_at_batch_1_costs_more_than_conv5_3():
-    # VGG16 at 224 px. Measured here (benchmarks/README.md, INT8): fc6 kept in FP32 cost 1.28x of the all-INT8
-    # latency, conv5_3 1.09x, although conv5_3 has 4.5x fc6's multiply-adds.
+    """Against what was measured (VGG16, 224 px, batch 1, benchmarks/README.md INT8): keeping fc6 in FP32 cost
+    +28% of the 48 ms all-INT8 latency, conv5_3 +9%, although conv5_3 has 4.5x fc6's multiply-adds."""
+    measured_ms = {"fc6": 0.28 * 48, "conv5_3": 0.09 * 48}
+    shapes = {"fc6": (25088 * 4096, 25088 * 4096), "conv5_3": (512 * 512 * 9 * 14 * 14, 512 * 512 * 9)}
     model = FloatCostModel()
-    fc6 = model.ms(25088 * 4096, 25088 * 4096)
-    conv5_3 = model.ms(512 * 512 * 9 * 14 * 14, 512 * 512 * 9)
-    conv1_2 = model.ms(64 * 64 * 9 * 224 * 224, 64 * 64 * 9)
-    assert conv1_2 > fc6 > conv5_3
-    assert fc6 == pytest.approx(1000 * 25088 * 4096 * 4 / 30e9) and conv5_3 == pytest.approx(1000 * 462_422_016 / 99e9)
+    predicted = {layer: model.ms(*shape) for layer, shape in shapes.items()}
+    assert predicted["fc6"] > predicted["conv5_3"]
+    for layer, ms in measured_ms.items():
+        assert 0.67 < predicted[layer] / ms < 1.5, (layer, predicted[layer], ms)
+    # Counting multiply-adds alone gets the order wrong: the weight-read term is what ranks fc6 first.
+    macs_only = FloatCostModel(weight_bytes_per_s=float("inf"))
+    assert macs_only.ms(*shapes["fc6"]) < macs_only.ms(*shapes["conv5_3"])
     # Rising with batch size would change the order; the model is for batch 1 and says so.
     assert "batch 1" in model.to_dict()["formula"]
 

@@ -11,12 +11,12 @@ import onnx
 import pytest
 
 import calibration
+from vgg_deploy.artifacts.manifest import PRECISION
 from vgg_deploy.errors import ExportError, RunFolderError, UnavailableError
-from vgg_deploy.export import manifest as mf
 from vgg_deploy.export.int8 import build_int8
-from vgg_deploy.export.parity import compare
 from vgg_deploy.export.pipeline import ExportOptions, export, resolve_formats
 from vgg_deploy.fileio import sha256_file
+from vgg_deploy.parity import compare
 
 
 def _manifest(run):
@@ -30,7 +30,7 @@ def test_three_onnx_artifacts_with_hashes(exported_run):
     for entry in manifest["artifacts"]:
         path = exported_run / "export" / entry["path"]
         assert entry["sha256"] == sha256_file(path) and entry["bytes"] == path.stat().st_size
-        assert entry["format"] == "onnx" and entry["precision"] == mf.PRECISION[entry["name"]]
+        assert entry["format"] == "onnx" and entry["precision"] == PRECISION[entry["name"]]
     assert by_name["onnx-fp16"]["bytes"] < 0.6 * by_name["onnx"]["bytes"]
     assert by_name["onnx-int8"]["bytes"] < 0.3 * by_name["onnx"]["bytes"]
     assert manifest["source_checkpoint_sha256"] == sha256_file(exported_run / "model.safetensors")
@@ -107,11 +107,17 @@ def test_int8_accuracy_is_reported_on_test_and_decided_on_val(exported_run):
 
 
 def test_calibration_images_come_from_train_only(exported_run):
-    from vgg_deploy.batches import stratified_sample
+    """The hash export recorded for its calibration batches is that of a stratified train sample: had it
+    calibrated on any other image (val, test) or preprocessed them otherwise, the hash would differ."""
+    from calibration import hash_batches
+    from vgg_deploy.batches import load_batches, stratified_sample
     from vgg_deploy.runfolder import open_run
 
-    split = open_run(exported_run).split()
+    run = open_run(exported_run)
+    split = run.split()
+    recorded = {a["name"]: a for a in _manifest(exported_run)["artifacts"]}["onnx-int8"]["calibration"]["key"]
     picked = stratified_sample(split.absolute(split.train), 48, seed=0)
+    assert hash_batches(load_batches(picked, run.preprocessing, batch_size=16)[0]) == recorded["data_sha256"]
     held_out = {p for p, _ in split.absolute(split.val) + split.absolute(split.test)}
     assert not {p for p, _ in picked} & held_out
     assert len({label for _, label in picked}) == 6
@@ -134,10 +140,9 @@ def test_int8_decision_images_are_never_test_nor_calibration_images(exported_run
 @pytest.fixture
 def run_copy(exported_run, tmp_path):
     """A copy sharing the big files by hard link, for tests that export again."""
-    copy = tmp_path / "run"
-    shutil.copytree(exported_run, copy, copy_function=lambda s, d: shutil.copy2(s, d) if s.endswith(".json") else
-                    __import__("os").link(s, d))
-    return copy
+    from vgg_deploy.fileio import copy_run_sharing_files
+
+    return copy_run_sharing_files(exported_run, tmp_path / "run")
 
 
 def test_reexport_reuses_the_onnx_and_the_ranges_and_recalibrates_when_images_change(run_copy, capsys):

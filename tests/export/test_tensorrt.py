@@ -7,8 +7,8 @@ import types
 
 import pytest
 
+from vgg_deploy.artifacts import tensorrt_meta as meta
 from vgg_deploy.errors import ExportError, UnavailableError
-from vgg_deploy.export import tensorrt_meta as meta
 from vgg_deploy.export.tensorrt_build import build_engine
 
 ENV10 = meta.TensorRTEnvironment("10.13.0", "NVIDIA H200", "9.0")
@@ -191,14 +191,25 @@ def test_detect_environment_without_tensorrt_says_what_is_missing(monkeypatch):
 
 
 def test_runner_module_imports_without_tensorrt():
-    import importlib.util
+    """In a process where `import tensorrt` fails (whether or not TensorRT is installed): the runner module
+    imports and a runner is made without touching TensorRT; only activating it needs TensorRT."""
+    import subprocess
+    import sys
 
-    from vgg_deploy.runners import tensorrt_runner
-
-    assert tensorrt_runner.TensorRTRunner("x.engine").backend == "tensorrt"
-    if importlib.util.find_spec("tensorrt") is None:
-        with pytest.raises(ImportError):
-            tensorrt_runner.TensorRTRunner("x.engine").activate()
+    code = "\n".join([
+        "import sys",
+        "sys.modules['tensorrt'] = None  # import tensorrt now raises ImportError",
+        "from vgg_deploy.runners.spec import RunnerSpec, build_runner",
+        "runner = build_runner(RunnerSpec('tensorrt', 'trt-int8', 'x.engine', precision='int8', device='cuda'))",
+        "assert runner.backend == 'tensorrt' and runner.precision == 'int8'",
+        "try:",
+        "    runner.activate()",
+        "except ImportError as err:",
+        "    print('needs', err.name)",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "needs tensorrt"
 
 
 def test_batch_profile_from_the_engine_checks_and_splits_batches():
@@ -367,8 +378,8 @@ def test_the_int8_engine_source_runs_its_float_parts_in_fp16(exported_run, tmp_p
 
     from calibration.quantize import node_names
     from vgg_deploy.export.int8 import write_tensorrt_qdq
-    from vgg_deploy.export.manifest import read_manifest
-    from vgg_deploy.export.parity import compare
+    from vgg_deploy.artifacts.manifest import read_manifest
+    from vgg_deploy.parity import compare
 
     export_dir = exported_run / "export"
     entry = next(e for e in read_manifest(export_dir)["artifacts"] if e["name"] == "onnx-int8")

@@ -16,7 +16,7 @@ TENSORRT_OBJECTS = {
                                               "self.runtime"},
     "vgg_deploy/export/tensorrt_build.py": {"trt", "builder", "network", "parser", "config", "optimization_profile",
                                             "cache"},
-    "vgg_deploy/export/tensorrt_meta.py": {"trt"},
+    "vgg_deploy/artifacts/tensorrt_meta.py": {"trt"},
 }
 
 

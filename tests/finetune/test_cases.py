@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vgg_deploy.finetune import cases
-from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune import optimization
 from vgg_deploy.model import GROUP_NAMES, group_modules, group_of_parameter, new_vgg16, replace_head
 
 
@@ -32,11 +32,11 @@ def test_after_a_step_exactly_the_planned_parameters_changed(vgg, case, groups, 
     model = with_pooled_head(vgg, 3) if head == cases.POOLED_HEAD else vgg
     replace_head(model, 3, seed=0)
     plan = cases.plan_for_case(case, lr=1e-3, pretrained_groups=groups, epochs=10, head=head)
-    O.apply_freeze(model, plan)
-    optimizer = O.build_optimizer(model, plan, weight_decay=0.05)
+    optimization.apply_freeze(model, plan)
+    optimizer = optimization.build_optimizer(model, plan, weight_decay=0.05)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    O.set_train_mode(model, plan)
+    optimization.set_train_mode(model, plan)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     loss = torch.nn.functional.cross_entropy(model(x), y)
     optimizer.zero_grad()
@@ -94,9 +94,9 @@ def test_plans_follow_the_recipe_table():
 def test_early_stopping_waits_for_the_warmup():
     plan = cases.plan_for_case("large-similar", lr=1e-3, pretrained=True, epochs=10)
     # LP-FT: 2 head-only epochs, then the backbone warms up over 10% of its 80 steps (8 of them).
-    assert O.warmup_epochs(plan, steps_per_epoch=10, epochs=10) == 3
+    assert optimization.warmup_epochs(plan, steps_per_epoch=10, epochs=10) == 3
     scratch = cases.plan_for_case("large-different", pretrained=False, epochs=20)
-    assert O.warmup_epochs(scratch, steps_per_epoch=3, epochs=20) == 2  # 6 of 60 steps
+    assert optimization.warmup_epochs(scratch, steps_per_epoch=3, epochs=20) == 2  # 6 of 60 steps
 
 
 def _probes(**scores):
@@ -132,8 +132,8 @@ def test_similarity_allows_the_best_probes_standard_error():
 def test_lp_ft_backbone_waits_for_the_head_warmup():
     plan = cases.plan_for_case("large-similar", lr=1.0, pretrained=True, epochs=5)
     model = new_vgg16(3)
-    optimizer = O.build_optimizer(model, plan, weight_decay=0.0)
-    scheduler = O.build_scheduler(optimizer, plan, steps_per_epoch=10, epochs=5)
+    optimizer = optimization.build_optimizer(model, plan, weight_decay=0.0)
+    scheduler = optimization.build_scheduler(optimizer, plan, steps_per_epoch=10, epochs=5)
     backbone = [g for g in optimizer.param_groups if g["layer_group"] == "conv1"][0]
     head = [g for g in optimizer.param_groups if g["layer_group"] == "fc8"][0]
     assert backbone["lr"] == 0.0 and head["lr"] > 0.0

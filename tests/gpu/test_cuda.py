@@ -12,29 +12,29 @@ pytestmark = pytest.mark.gpu
 
 
 def test_auto_precision_on_cuda_is_mixed():
-    from vgg_deploy.finetune import devices as D
+    from vgg_deploy.finetune import devices
 
-    assert D.resolve_precision("auto", torch.device("cuda")) in ("bf16", "fp16")
+    assert devices.resolve_precision("auto", torch.device("cuda")) in ("bf16", "fp16")
 
 
 def test_cuda_training_step_with_autocast_moves_only_trained_layers():
     from vgg_deploy.finetune import cases
-    from vgg_deploy.finetune import devices as D
-    from vgg_deploy.finetune import epoch as E
-    from vgg_deploy.finetune import optimization as O
+    from vgg_deploy.finetune import devices
+    from vgg_deploy.finetune.epoch import run_epoch
+    from vgg_deploy.finetune import optimization
     from vgg_deploy.model import new_vgg16
 
     device = torch.device("cuda")
     model = new_vgg16(3).to(device).to(memory_format=torch.channels_last)
     plan = cases.plan_for_case("small-different", lr=1e-3, pretrained=True, epochs=2)
-    O.apply_freeze(model, plan)
-    optimizer = O.build_optimizer(model, plan, weight_decay=0.0)
-    precision = D.resolve_precision("auto", device)
+    optimization.apply_freeze(model, plan)
+    optimizer = optimization.build_optimizer(model, plan, weight_decay=0.0)
+    precision = devices.resolve_precision("auto", device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     frozen_before = model.features[0].weight.detach().clone()
     trained_before = model.classifier[6].weight.detach().clone()
     batches = [(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0]))]
-    stats = E.run_epoch(model, batches, loss_fn=torch.nn.CrossEntropyLoss(), device=device, precision=precision,
+    stats = run_epoch(model, batches, loss_fn=torch.nn.CrossEntropyLoss(), device=device, precision=precision,
                         channels_last=True, optimizer=optimizer, scaler=scaler)
     assert np.isfinite(stats.loss)
     assert torch.equal(model.features[0].weight, frozen_before)
@@ -59,7 +59,7 @@ def test_tensorrt_engine_round_trip(tmp_path):
     pytest.importorskip("tensorrt")
     from vgg_deploy.export.onnx_fp32 import export_fp32
     from vgg_deploy.export.tensorrt_build import build_engine
-    from vgg_deploy.export.tensorrt_meta import BatchProfile, detect_environment, make_sidecar, write_sidecar
+    from vgg_deploy.artifacts.tensorrt_meta import BatchProfile, detect_environment, make_sidecar, write_sidecar
     from vgg_deploy.model import new_vgg16
     from vgg_deploy.preprocessing import Preprocessing
     from vgg_deploy.runners.tensorrt_runner import TensorRTRunner

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from vgg_deploy.artifacts.manifest import artifact_entry
 from vgg_deploy.cli import app
 from vgg_deploy.cli.predict import SKIPPED_INPUTS_EXIT
 from vgg_deploy.errors import RunFolderError, VggDeployError
-from vgg_deploy.export.manifest import artifact_entry
 from vgg_deploy.predict import PredictOptions, choose_artifact, predict
 from vgg_deploy.runfolder import open_run
 
@@ -113,7 +113,7 @@ def test_artifact_and_backend_are_checked(tmp_path):
 
 
 def test_engines_pass_only_on_their_export_check():
-    from vgg_deploy.predict.choice import passed_at_export
+    from vgg_deploy.artifacts.choice import passed_at_export
 
     engine = {"format": "tensorrt", "precision": "fp16"}
     assert not passed_at_export(engine)[0]

@@ -59,11 +59,13 @@ def test_tensorrt_provider_options_cache_engines_in_the_given_folder(tmp_path):
 
 
 def test_the_benchmark_gives_the_tensorrt_provider_a_cache_in_the_run_folder(tmp_path):
-    from vgg_deploy.benchmark.pipeline import ORT_TENSORRT_CACHE, BenchmarkOptions, _rows_for
+    from vgg_deploy.benchmark.pipeline import ORT_TENSORRT_CACHE, BenchmarkOptions, _specs_for
+    from vgg_deploy.runners.spec import build_runner
 
     entry = {"name": "onnx", "format": "onnx", "precision": "fp32", "path": "model.onnx"}
     export_dir = tmp_path / "run" / "export"
-    [(runner, spec)] = _rows_for(entry, export_dir, BenchmarkOptions(provider="tensorrt", onnx_backends=["onnxruntime"]))
+    [spec] = _specs_for(entry, export_dir, BenchmarkOptions(provider="tensorrt", onnx_backends=["onnxruntime"]), 2)
+    runner = build_runner(spec)
     assert spec.cache_dir == str(tmp_path / "run" / "benchmark" / ORT_TENSORRT_CACHE) == str(runner.cache_dir)
-    [(_, cpu_spec)] = _rows_for(entry, export_dir, BenchmarkOptions(onnx_backends=["onnxruntime"]))
+    [cpu_spec] = _specs_for(entry, export_dir, BenchmarkOptions(onnx_backends=["onnxruntime"]), 2)
     assert cpu_spec.cache_dir is None

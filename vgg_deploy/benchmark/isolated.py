@@ -70,6 +70,10 @@ def main(argv: list[str]) -> None:
     pool = np.load(argv[1])
     batch_sizes = [int(b) for b in argv[2].split(",")]
     timing = TimingPolicy(**json.loads(argv[3]))
+    if spec.kind == "torch":
+        from vgg_deploy.process import use_threads
+
+        use_threads(spec.threads)  # a worker process's entry: onnxruntime and OpenVINO take threads per session
     print(json.dumps(time_in_this_process(spec, pool, batch_sizes, timing)))
 
 

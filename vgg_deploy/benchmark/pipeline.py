@@ -22,17 +22,18 @@ from vgg_deploy.errors import (
     UnavailableError,
     VggDeployError,
 )
-from vgg_deploy.export.manifest import read_manifest
+from vgg_deploy.artifacts import BENCHMARK_DIR
+from vgg_deploy.artifacts import export_dir as export_dir_of
+from vgg_deploy.artifacts.manifest import read_manifest
 from vgg_deploy.fileio import check_writable_dir, sha256_file
 from vgg_deploy.runfolder import open_run
-from vgg_deploy.runners import OnnxRuntimeRunner, Runner, TorchRunner
-from vgg_deploy.runners.spec import RunnerSpec
+from vgg_deploy.runners import Runner
+from vgg_deploy.runners.spec import RunnerSpec, build_runner
 
 BASELINE = "pytorch"
 # PyTorch as a user who tunes it runs it: channels-last FP32 on the CPU (about 1.4x eager NCHW on this
 # project's 2-core machine), FP16 autocast on CUDA. Speed-ups are quoted against both.
 BEST_PYTORCH = "pytorch-best"
-BENCHMARK_DIR = "benchmark"
 
 
 @dataclass
@@ -57,34 +58,28 @@ ONNX_BACKENDS = ("onnxruntime", "openvino")
 ORT_TENSORRT_CACHE = "ort-tensorrt-cache"
 
 
-def _rows_for(entry: dict, export_dir: Path, options: BenchmarkOptions) -> list[tuple[Runner, RunnerSpec]]:
-    """(runner for accuracy here, spec to rebuild it in a timing process) per backend the artifact runs on."""
-    path = export_dir / entry["path"]
+def _specs_for(entry: dict, export_dir: Path, options: BenchmarkOptions, threads: int) -> list[RunnerSpec]:
+    """One row per backend the artifact runs on; each spec builds the runner for accuracy here and again in
+    its timing processes."""
+    path = str(export_dir / entry["path"])
     if entry["format"] == "tensorrt":
-        from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
-
-        spec = RunnerSpec("tensorrt", entry["name"], str(path), precision=entry["precision"], device="cuda")
-        return [(TensorRTRunner(path, name=entry["name"], precision=entry["precision"]), spec)]
-    rows: list[tuple[Runner, RunnerSpec]] = []
+        return [RunnerSpec("tensorrt", entry["name"], path, precision=entry["precision"], device="cuda")]
     # onnxruntime's TensorRT provider caches its engines in the run folder: built once, reused by every round.
-    cache_dir = str(export_dir.parent / "benchmark" / ORT_TENSORRT_CACHE) if options.provider == "tensorrt" else None
-    for backend in options.onnx_backends:
-        spec = RunnerSpec(backend, entry["name"], str(path), precision=entry["precision"], threads=options.threads,
-                          provider=options.provider if backend == "onnxruntime" else "cpu",
-                          cache_dir=cache_dir if backend == "onnxruntime" else None)
-        if backend == "onnxruntime":
-            runner = OnnxRuntimeRunner(path, name=entry["name"], provider=options.provider, threads=options.threads,
-                                       precision=entry["precision"], cache_dir=cache_dir)
-        else:
-            from vgg_deploy.runners.openvino_runner import OpenVINORunner
-
-            runner = OpenVINORunner(path, name=entry["name"], threads=options.threads, precision=entry["precision"])
-        rows.append((runner, spec))
-    return rows
+    cache_dir = str(export_dir.parent / BENCHMARK_DIR / ORT_TENSORRT_CACHE) if options.provider == "tensorrt" else None
+    return [RunnerSpec(backend, entry["name"], path, precision=entry["precision"], threads=threads,
+                       provider=options.provider if backend == "onnxruntime" else "cpu",
+                       cache_dir=cache_dir if backend == "onnxruntime" else None)
+            for backend in options.onnx_backends]
 
 
-def _evaluate(runner: Runner, batches, labels, baseline_logits, class_names) -> dict:
+def _evaluate(runner: Runner | RunnerSpec, batches, labels, baseline_logits, class_names) -> dict:
     """Accuracy, in this process; latency is measured afterwards in processes of its own."""
+    if isinstance(runner, RunnerSpec):
+        try:
+            runner = build_runner(runner)
+        except ImportError as err:
+            return {"artifact": runner.name, "backend": runner.kind, "precision": runner.precision,
+                    "status": "skipped", "reason": f"missing package: {err.name or err}"}
     result = {"artifact": runner.name, **runner.describe(), "status": "ok", "reason": None}
     try:
         with runner:
@@ -143,21 +138,21 @@ def _eval_items(run, data: str | None):
     return samples, str(data)
 
 
-def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
-    import torch
-
-    run = open_run(run_dir)
-    export_dir = run.path / "export"
-    manifest = read_manifest(export_dir)
-    out = check_writable_dir(run.path / BENCHMARK_DIR)
+def _check_options(options: BenchmarkOptions) -> None:
     if any(b < 1 for b in options.batch_sizes):
         raise VggDeployError(f"--batch-sizes must be positive (got {options.batch_sizes})")
     unknown = [b for b in options.onnx_backends if b not in ONNX_BACKENDS]
     if unknown or not options.onnx_backends:
         raise VggDeployError(f"--backends must name some of {', '.join(ONNX_BACKENDS)} (got {options.onnx_backends})")
+
+
+def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
+    run = open_run(run_dir)
+    export_dir = export_dir_of(run.path)
+    manifest = read_manifest(export_dir)
+    out = check_writable_dir(run.path / BENCHMARK_DIR)
+    _check_options(options)
     threads = options.threads or physical_cores()
-    options.threads = threads
-    torch.set_num_threads(threads)
     items, data_label = _eval_items(run, options.data)
     batches, labels = eval_batches(items, run.preprocessing, batch_size=options.eval_batch_size,
                                    memory_mb=options.eval_memory_mb)
@@ -167,43 +162,30 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
                   + (f", streamed from disk: over --eval-memory-mb {options.eval_memory_mb:g}" if batches.streamed else "")
                   + f"); {threads} threads; batch sizes {options.batch_sizes}")
 
-    results = []
     device = _pytorch_device(options.provider)
-    rows: list[tuple[dict, RunnerSpec]] = []
-    console.print(f"{BASELINE}: PyTorch eager FP32 on {device}")
-    baseline = _evaluate(TorchRunner(run.load_model(), name=BASELINE, device=device), batches, labels, None,
-                         run.class_names)
-    if baseline["status"] != "ok":
-        raise VggDeployError(f"the PyTorch baseline failed: {baseline['reason']}")
-    baseline_logits = baseline.pop("_logits")
-    rows.append((baseline, RunnerSpec("torch", BASELINE, str(run.path), threads=threads, device=device)))
-    best_precision = "fp16" if device == "cuda" else "fp32"
-    console.print(f"{BEST_PYTORCH}: PyTorch channels-last {best_precision.upper()} on {device}")
-    best = _evaluate(TorchRunner(run.load_model(), name=BEST_PYTORCH, device=device, precision=best_precision,
-                                 channels_last=True), batches, labels, baseline_logits, run.class_names)
-    best.pop("_logits", None)
-    rows.append((best, RunnerSpec("torch", BEST_PYTORCH, str(run.path), precision=best_precision, threads=threads,
-                               device=device, channels_last=True)))
+
+    def evaluate(spec: RunnerSpec, reference: np.ndarray | None) -> dict:
+        return _evaluate(spec, batches, labels, reference, run.class_names)
+
+    rows, baseline_logits = _pytorch_rows(run.path, device, threads, evaluate)
+    missing = []
     for entry in manifest["artifacts"]:
         console.print(f"{entry['name']}: {entry['format']} {entry['precision']}")
-        path = export_dir / entry["path"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            results.append({"artifact": entry["name"], "backend": entry["format"], "precision": entry["precision"],
+        if not (export_dir / entry["path"]).is_file() or sha256_file(export_dir / entry["path"]) != entry["sha256"]:
+            missing.append({"artifact": entry["name"], "backend": entry["format"], "precision": entry["precision"],
                             "status": "failed", "bytes": entry["bytes"],
                             "reason": f"{entry['path']} is missing or differs from the manifest's sha256"})
             continue
-        for runner, spec in _rows_for(entry, export_dir, options):
-            result = _evaluate(runner, batches, labels, baseline_logits, run.class_names)
+        for spec in _specs_for(entry, export_dir, options, threads):
+            result = evaluate(spec, baseline_logits)
             result.pop("_logits", None)
             rows.append((result | {"bytes": entry["bytes"]}, spec))
     _time_rows(rows, batches, options)
-    results = [result for result, _ in rows] + results
+    results = [result for result, _ in rows] + missing
     for skipped in manifest.get("skipped", []):
         results.append({"artifact": skipped["name"], "backend": "tensorrt", "precision": skipped["name"].split("-")[-1],
                         "status": "skipped", "reason": f"not exported: {skipped['reason']}"})
-
     _add_speedups(results)
-    roofline = _roofline(results, manifest, export_dir, run.preprocessing.image_size, device, threads)
     report = {
         "baseline": BASELINE,
         "best_pytorch": BEST_PYTORCH,
@@ -214,17 +196,38 @@ def benchmark(run_dir: str | Path, options: BenchmarkOptions) -> dict:
                      "eval_streamed": batches.streamed, "eval_memory_mb": options.eval_memory_mb,
                      "timing": asdict(options.timing), "rounds": options.rounds, "process_per_row": True,
                      "max_accuracy_drop": options.max_accuracy_drop},
-        "roofline": roofline,
+        "roofline": _roofline(results, manifest, export_dir, run.preprocessing.image_size, device, threads),
         "results": results,
     }
-    write_report(out, report)
+    _write(report, out)
+    _gate(report, options.max_accuracy_drop)
+    return report
+
+
+def _pytorch_rows(run_path: Path, device: str, threads: int, evaluate) -> tuple[list[tuple[dict, RunnerSpec]], np.ndarray]:
+    """The eager FP32 baseline (its logits are every other row's reference) and PyTorch at its best."""
+    console.print(f"{BASELINE}: PyTorch eager FP32 on {device}")
+    baseline_spec = RunnerSpec("torch", BASELINE, str(run_path), threads=threads, device=device)
+    baseline = evaluate(baseline_spec, None)
+    if baseline["status"] != "ok":
+        raise VggDeployError(f"the PyTorch baseline failed: {baseline['reason']}")
+    baseline_logits = baseline.pop("_logits")
+    best_precision = "fp16" if device == "cuda" else "fp32"
+    console.print(f"{BEST_PYTORCH}: PyTorch channels-last {best_precision.upper()} on {device}")
+    best_spec = RunnerSpec("torch", BEST_PYTORCH, str(run_path), precision=best_precision, threads=threads,
+                           device=device, channels_last=True)
+    best = evaluate(best_spec, baseline_logits)
+    best.pop("_logits", None)
+    return [(baseline, baseline_spec), (best, best_spec)], baseline_logits
+
+
+def _write(report: dict, out: Path) -> None:
     from vgg_deploy.plots import plot_benchmark
 
+    write_report(out, report)
     plot_benchmark(report, out)
     console.print(terminal_table(report))
     console.print(f"report: {out / 'report.json'}, {out / 'report.md'}")
-    _gate(report, options.max_accuracy_drop)
-    return report
 
 
 def _roofline(results: list[dict], manifest: dict, export_dir: Path, image_size: int, device: str,

@@ -26,7 +26,7 @@ def _fmt(value, spec: str) -> str:
 
 def rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = [str(b) for b in report["settings"]["batch_sizes"]]
-    header = ["artifact", "backend", "precision", "status", "top-1", "agree", "max|dlogit|"]
+    header = ["artifact", "backend", "precision", "status", "top-1", "agree", "max abs dlogit"]
     header += [f"p50 ms b{b}" for b in batches] + [f"img/s b{batches[-1]}", f"x eager/best b{batches[-1]}",
                                                     f"% peak b{batches[-1]}", "MB"]
     lines = []
@@ -66,7 +66,7 @@ def markdown(report: dict) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
     roofline = report.get("roofline") or {}
     if "peaks_gmacs" in roofline:
         peaks = ", ".join(f"{p} {v['gmacs']:.0f} ({v['through']})" for p, v in roofline["peaks_gmacs"].items())

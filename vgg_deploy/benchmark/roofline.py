@@ -79,20 +79,27 @@ def _onnxruntime_peaks(threads: int, seconds: float, size: int) -> dict[str, flo
 def _torch_peaks(device: str, precisions: tuple[str, ...], threads: int, seconds: float, size: int) -> dict[str, float]:
     import torch
 
-    torch.set_num_threads(threads)
-    peaks = {}
-    for precision in precisions:
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        a = torch.randn(size, size, device=device).to(dtype)
-        b = torch.randn(size, size, device=device).to(dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the peak at the rows' thread count; the caller's setting comes back after
+    try:
+        return {precision: _torch_gemm_peak(device, precision, seconds, size) for precision in precisions}
+    finally:
+        torch.set_num_threads(previous)
 
-        def step(a=a, b=b):
-            torch.matmul(a, b)
-            if device == "cuda":
-                torch.cuda.synchronize()
 
-        peaks[precision] = _gmacs(step, size**3, seconds)
-    return peaks
+def _torch_gemm_peak(device: str, precision: str, seconds: float, size: int) -> float:
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+
+    def step():
+        torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return _gmacs(step, size**3, seconds)
 
 
 def measure_peaks(*, device: str, threads: int, seconds: float = 1.0, size: int = GEMM_SIZE) -> dict[str, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from vgg_deploy import __version__
 from vgg_deploy.cli import benchmark, demo, export, finetune, predict, prune, sample_data, serve
 
 app = typer.Typer(
@@ -13,6 +14,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vgg-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _entry(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_show_version,
+                                 is_eager=True),
+) -> None:
+    """A folder of labelled images to deployable, measured VGG16 models."""
+    from vgg_deploy.process import quiet_library_logging
+
+    quiet_library_logging()
+
+
 app.command("finetune")(finetune.finetune_command)
 app.command("prune")(prune.prune_command)
 app.command("export")(export.export_command)

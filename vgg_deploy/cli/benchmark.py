@@ -39,6 +39,10 @@ def benchmark_command(
     from vgg_deploy.benchmark.stats import TimingPolicy
 
     with user_errors():
+        from vgg_deploy.benchmark.machine import physical_cores
+        from vgg_deploy.process import use_threads
+
+        use_threads(threads or physical_cores())
         sizes = _parse_batch_sizes(batch_sizes)
         options = BenchmarkOptions(
             batch_sizes=sizes, data=str(data) if data else None, threads=threads, max_accuracy_drop=max_accuracy_drop,

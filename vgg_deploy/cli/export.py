@@ -45,7 +45,7 @@ def export_command(
 ) -> None:
     """Export ONNX, FP16 and calibrated INT8 artifacts (and TensorRT engines where possible)."""
     from vgg_deploy.export.pipeline import ExportOptions, export
-    from vgg_deploy.export.tensorrt_meta import BatchProfile
+    from vgg_deploy.artifacts.tensorrt_meta import BatchProfile
 
     with user_errors():
         options = ExportOptions(

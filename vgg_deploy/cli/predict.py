@@ -42,6 +42,9 @@ def predict_command(
     from vgg_deploy.predict.classify import render
 
     with user_errors():
+        from vgg_deploy.process import use_threads
+
+        use_threads(threads)
         result = predict(run, list(paths), PredictOptions(artifact=artifact, backend=backend.value if backend else None,
                                                           top_k=top_k, batch_size=batch_size, threads=threads))
         text = render(result, output_format.value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,11 +63,10 @@ def drop_fp16_round_trips(proto: onnx.ModelProto) -> int:
     Without this, a tensor passed between two nodes kept in FP32 for overflow still goes through FP16
     (and becomes inf). Returns how many pairs were removed.
     """
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     graph = proto.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = OnnxModel(proto).input_name_to_nodes()
     outputs = {o.name for o in graph.output}
     removed: list[onnx.NodeProto] = []
     for node in list(graph.node):
@@ -107,16 +105,11 @@ def _to_fp16(proto: onnx.ModelProto, *, keep_fp32_nodes: Sequence[str]) -> onnx.
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=list(keep_fp32_nodes))
-        drop_fp16_round_trips(converted)
-        # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
-        OnnxModel(converted).topological_sort()
-    finally:
-        logging.getLogger().setLevel(quiet)
+    with contextlib.redirect_stdout(io.StringIO()):
+        converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=list(keep_fp32_nodes))
+    drop_fp16_round_trips(converted)
+    # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
+    OnnxModel(converted).topological_sort()
     return converted
 
 

@@ -22,8 +22,8 @@ from calibration.sensitivity import layer_sqnr
 from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError
 from vgg_deploy.export.layer_names import vgg_layer_names
-from vgg_deploy.export.parity import compare
 from vgg_deploy.fileio import atomic_path, sha256_file
+from vgg_deploy.parity import compare
 
 # Batches the SQNR measurement runs through both models (activations are held in memory).
 SENSITIVITY_BATCHES = 2

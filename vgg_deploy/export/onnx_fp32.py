@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import warnings
 from pathlib import Path
 
@@ -34,7 +33,6 @@ def export_fp32(model: nn.Module, *, preprocessing: Preprocessing, class_names: 
             # The exporter reports progress on stdout and warns about things that do not concern users.
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                logging.getLogger("torch.onnx").setLevel(logging.ERROR)
                 torch.onnx.export(
                     model, (example,), str(raw), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     dynamic_shapes={"x": {0: batch}}, opset_version=OPSET, external_data=False,

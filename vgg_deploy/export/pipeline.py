@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_deploy.artifacts import EXPORT_DIR
+from vgg_deploy.artifacts.manifest import ARTIFACT_NAMES, FILENAME, MANIFEST, PRECISION, artifact_entry, read_manifest, still_valid, write_manifest
+from vgg_deploy.artifacts.tensorrt_meta import BatchProfile
 from vgg_deploy.batches import EVAL_MEMORY_MB, eval_batches, load_batches, run_batches, stratified_sample
 from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError, UnavailableError, VggDeployError
-from vgg_deploy.export import manifest as mf
 from vgg_deploy.export.onnx_fp32 import INPUT_NAME, OUTPUT_NAME, export_fp32
-from vgg_deploy.export.parity import compare
-from vgg_deploy.export.tensorrt_meta import BatchProfile
 from vgg_deploy.fileio import check_writable_dir, sha256_file
+from vgg_deploy.parity import compare
 from vgg_deploy.runfolder import WEIGHTS, open_run
 from vgg_deploy.runners import OnnxRuntimeRunner, TorchRunner
 
-EXPORT_DIR = "export"
 TENSORRT_QDQ = "model.int8.tensorrt-qdq.onnx"
 # What each artifact is built from.
 SOURCE = {"onnx-fp16": "onnx", "onnx-int8": "onnx", "trt-fp16": "onnx-fp16", "trt-int8": "onnx-int8"}
@@ -46,13 +46,13 @@ class ExportOptions:
 def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
     """(formats to build, in order, dependencies included; {format: why skipped}) for 'all' or a list."""
     want_all = "all" in requested
-    unknown = [f for f in requested if f != "all" and f not in mf.ARTIFACT_NAMES]
+    unknown = [f for f in requested if f != "all" and f not in ARTIFACT_NAMES]
     if unknown:
-        raise VggDeployError(f"unknown format(s) {', '.join(unknown)}; choose from all, {', '.join(mf.ARTIFACT_NAMES)}")
-    wanted = set(mf.ARTIFACT_NAMES) if want_all else set(requested)
+        raise VggDeployError(f"unknown format(s) {', '.join(unknown)}; choose from all, {', '.join(ARTIFACT_NAMES)}")
+    wanted = set(ARTIFACT_NAMES) if want_all else set(requested)
     skipped: dict[str, str] = {}
     if any(f.startswith("trt-") for f in wanted):
-        from vgg_deploy.export.tensorrt_meta import detect_environment
+        from vgg_deploy.artifacts.tensorrt_meta import detect_environment
 
         try:
             detect_environment()
@@ -67,7 +67,7 @@ def resolve_formats(requested: list[str]) -> tuple[list[str], dict[str, str]]:
         while f in SOURCE:
             f = SOURCE[f]
             closure.add(f)
-    return [f for f in mf.ARTIFACT_NAMES if f in closure], skipped
+    return [f for f in ARTIFACT_NAMES if f in closure], skipped
 
 
 def export(run_dir: str | Path, options: ExportOptions) -> dict:
@@ -83,12 +83,12 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
     pp = run.preprocessing
     split = run.split()
     try:
-        previous = mf.read_manifest(export_dir)
+        previous = read_manifest(export_dir)
     except VggDeployError:
         previous = {"artifacts": []}
     if previous.get("source_checkpoint_sha256") != checkpoint_sha:
         previous = {"artifacts": []}  # artifacts of another checkpoint are never carried over
-    kept = {e["name"]: e for e in previous["artifacts"] if mf.still_valid(export_dir, e)}
+    kept = {e["name"]: e for e in previous["artifacts"] if still_valid(export_dir, e)}
 
     if not split.test:
         raise ExportError(f"{run.path} has no test split (written by an older vgg-deploy); parity is reported on "
@@ -123,7 +123,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
 
     artifacts: dict[str, dict] = {}
     for name in formats:
-        path = export_dir / mf.FILENAME[name]
+        path = export_dir / FILENAME[name]
         if name == "onnx" and "onnx" in kept:
             artifacts[name] = kept[name]
             console.print(f"onnx: reusing {path.name} (same checkpoint, file unchanged)")
@@ -132,21 +132,21 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         if name == "onnx":
             info = export_fp32(model, preprocessing=pp, class_names=run.class_names, out=path)
             figures = _checked_parity(name, "fp32", path, reference, ort_logits(path), test_labels)
-            artifacts[name] = mf.artifact_entry(export_dir, name, **info, parity=figures)
+            artifacts[name] = artifact_entry(export_dir, name, **info, parity=figures)
         elif name == "onnx-fp16":
             from vgg_deploy.export.fp16 import convert_fp16
 
-            info = convert_fp16(export_dir / mf.FILENAME["onnx"], path, batches=calibration_batches()[:2],
+            info = convert_fp16(export_dir / FILENAME["onnx"], path, batches=calibration_batches()[:2],
                                 input_name=INPUT_NAME)
             if info["kept_fp32_nodes"]:
                 console.print(f"onnx-fp16: kept in FP32 to avoid FP16 overflow: {', '.join(info['kept_fp32_nodes'])}")
             figures = _checked_parity(name, "fp16", path, reference, ort_logits(path), test_labels)
-            artifacts[name] = mf.artifact_entry(export_dir, name, fp16=info, parity=figures)
+            artifacts[name] = artifact_entry(export_dir, name, fp16=info, parity=figures)
         elif name == "onnx-int8":
             from vgg_deploy.export.int8 import build_int8
 
             info = build_int8(
-                export_dir / mf.FILENAME["onnx"], path, fp32_sha256=artifacts["onnx"]["sha256"],
+                export_dir / FILENAME["onnx"], path, fp32_sha256=artifacts["onnx"]["sha256"],
                 calib_batches=calibration_batches(), input_name=INPUT_NAME, image_shape=(3, pp.image_size, pp.image_size),
                 method=options.calib_method, cache_dir=export_dir / "calibration",
                 evaluate=lambda p: ort_logits(p, decision_batches), reference_logits=decision_reference,
@@ -154,7 +154,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
                 max_accuracy_drop=options.max_accuracy_drop, max_fp32_layers=options.max_fp32_layers,
                 equalize=options.equalize,
             )
-            artifacts[name] = mf.artifact_entry(export_dir, name, **info)
+            artifacts[name] = artifact_entry(export_dir, name, **info)
         else:
             artifacts[name] = _build_trt(name, export_dir, pp.image_size, options, source_entry=artifacts[SOURCE[name]],
                                          check=lambda name, path: _engine_parity(name, path, reference, test_batches,
@@ -174,7 +174,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],
         "artifacts": list(entries.values()),
     }
-    mf.write_manifest(export_dir, manifest)
+    write_manifest(export_dir, manifest)
     for name, reason in skipped.items():
         console.print(f"skipped {name}: {reason}")
     if options.triton_repo:
@@ -183,7 +183,7 @@ def export(run_dir: str | Path, options: ExportOptions) -> dict:
         models = write_triton_repo(export_dir, manifest, Path(options.triton_repo), max_batch_size=options.profile.max,
                                    preferred_batch_sizes=[options.profile.opt, options.profile.max])
         console.print(f"triton repository: {options.triton_repo} ({', '.join(models)})")
-    console.print(f"manifest: {export_dir / mf.MANIFEST} ({len(manifest['artifacts'])} artifacts)")
+    console.print(f"manifest: {export_dir / MANIFEST} ({len(manifest['artifacts'])} artifacts)")
     return manifest
 
 
@@ -193,7 +193,7 @@ def _fp16_overflow(artifacts: dict, export_dir: Path, calibration_batches) -> di
         return artifacts["onnx-fp16"]["fp16"]
     from vgg_deploy.export.fp16 import overflow_nodes
 
-    return overflow_nodes(export_dir / mf.FILENAME["onnx"], calibration_batches()[:2], input_name=INPUT_NAME)
+    return overflow_nodes(export_dir / FILENAME["onnx"], calibration_batches()[:2], input_name=INPUT_NAME)
 
 
 def _decision_items(split, options: ExportOptions, calib_items) -> tuple[list, dict]:
@@ -227,7 +227,7 @@ def _engine_parity(name: str, path: Path, reference, test_batches, test_labels, 
     within --max-accuracy-drop when one is given (its figures are recorded either way)."""
     from vgg_deploy.runners.tensorrt_runner import TensorRTRunner
 
-    precision = mf.PRECISION[name]
+    precision = PRECISION[name]
     with TensorRTRunner(path, name=name, precision=precision) as runner:
         logits = run_batches(runner, test_batches)
     if precision != "int8":
@@ -251,7 +251,7 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
                check, fp16_overflow) -> dict:
     """`fp16_overflow()`: which nodes FP16 would overflow (the INT8 engine's float parts are FP16)."""
     from vgg_deploy.export.tensorrt_build import build_engine
-    from vgg_deploy.export.tensorrt_meta import (
+    from vgg_deploy.artifacts.tensorrt_meta import (
         detect_environment,
         make_sidecar,
         sidecar_path,
@@ -260,21 +260,21 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
     )
 
     env = detect_environment()
-    source = export_dir / mf.FILENAME[SOURCE[name]]
+    source = export_dir / FILENAME[SOURCE[name]]
     source_sha256 = source_entry["sha256"]
     if name == "trt-int8":
         from vgg_deploy.export.int8 import write_tensorrt_qdq
 
         # The CPU artifact's Q/DQ sits on op outputs too; TensorRT gets its own placement of the same ranges.
         source, tensorrt_source = write_tensorrt_qdq(
-            export_dir / mf.FILENAME["onnx"], export_dir / TENSORRT_QDQ, int8_entry=source_entry,
+            export_dir / FILENAME["onnx"], export_dir / TENSORRT_QDQ, int8_entry=source_entry,
             cache_dir=export_dir / "calibration", keep_fp32_nodes=fp16_overflow()["kept_fp32_nodes"])
         source_sha256 = sha256_file(source)
-    engine = export_dir / mf.FILENAME[name]
+    engine = export_dir / FILENAME[name]
     workspace = int(options.workspace_gib * (1 << 30))
     build_engine(source, engine, env=env, input_name=INPUT_NAME, image_size=image_size, profile=options.profile,
                  workspace_bytes=workspace, timing_cache=export_dir / timing_cache_name(env))
-    sidecar = make_sidecar(env=env, precision=mf.PRECISION[name], profile=options.profile, source_onnx=source.name,
+    sidecar = make_sidecar(env=env, precision=PRECISION[name], profile=options.profile, source_onnx=source.name,
                            source_sha256=source_sha256, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
                            image_size=image_size, strongly_typed=True, workspace_bytes=workspace)
     write_sidecar(engine, sidecar)  # before the check: the runner refuses an engine without one
@@ -284,4 +284,4 @@ def _build_trt(name: str, export_dir: Path, image_size: int, options: ExportOpti
         sidecar_path(engine).unlink(missing_ok=True)
         raise
     extra = {"tensorrt_source": tensorrt_source} if name == "trt-int8" else {}
-    return mf.artifact_entry(export_dir, name, engine=sidecar, parity=figures, **extra)
+    return artifact_entry(export_dir, name, engine=sidecar, parity=figures, **extra)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vgg_deploy.artifacts.tensorrt_meta import BatchProfile, TensorRTEnvironment, network_flags
 from vgg_deploy.console import console
 from vgg_deploy.errors import ExportError
-from vgg_deploy.export.tensorrt_meta import BatchProfile, TensorRTEnvironment, network_flags
 from vgg_deploy.fileio import atomic_path
 
 

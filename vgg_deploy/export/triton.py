@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from vgg_deploy.errors import UnavailableError, VggDeployError
+from vgg_deploy.fileio import link_or_copy
 
 BACKEND = {"onnx": ("onnxruntime", "model.onnx"), "tensorrt": ("tensorrt", "model.plan")}
 LABELS = "labels.txt"
@@ -92,11 +93,6 @@ def write_triton_repo(export_dir: Path, manifest: dict, repo: Path, *, max_batch
     return written
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)  # same file system: no second copy of a 500 MB model
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

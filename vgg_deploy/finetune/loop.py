@@ -17,9 +17,9 @@ from vgg_deploy import runfolder
 from vgg_deploy.console import console, progress_bar
 from vgg_deploy.data import ImageDataset
 from vgg_deploy.fileio import atomic_path, read_json, write_json
-from vgg_deploy.finetune import epoch as E
-from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune import optimization
 from vgg_deploy.finetune.distributed import Distributed
+from vgg_deploy.finetune.epoch import EpochStats, run_epoch
 from vgg_deploy.finetune.probe import Standardiser, extract_codes
 from vgg_deploy.model import HEAD, fold_batch_norm, group_parameters, has_batch_norm
 
@@ -122,7 +122,7 @@ class TrainingLoop:
         torch.random.set_rng_state(state["torch_rng"])
         console.print(f"resumed after epoch {self.start_epoch} (best val top-1 {self.best['top1']:.3f})")
 
-    def _save_best(self, val: E.EpochStats, epoch: int) -> None:
+    def _save_best(self, val: EpochStats, epoch: int) -> None:
         """model.safetensors is always a plain torchvision VGG16: BatchNorm folded into the convs, the probe's
         standardisation folded into fc8 (the model being trained is left as it is)."""
         model = fold_batch_norm(self.model) if has_batch_norm(self.model) else self.model
@@ -132,12 +132,12 @@ class TrainingLoop:
         info["metrics"] = {"val": {"top1": val.top1, "top5": val.top5, "loss": val.loss}, "epoch": epoch}
         runfolder.write_model_json(self.out, info)
 
-    def _global(self, stats: E.EpochStats) -> E.EpochStats:
+    def _global(self, stats: EpochStats) -> EpochStats:
         """Metrics over every rank's images, not rank 0's shard."""
         n, loss, top1, top5 = self.dist.sum([stats.images, stats.loss * stats.images, stats.top1 * stats.images,
                                              stats.top5 * stats.images])
         n = max(n, 1)
-        return E.EpochStats(loss / n, top1 / n, top5 / n, int(n), stats.seconds)
+        return EpochStats(loss / n, top1 / n, top5 / n, int(n), stats.seconds)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, *, resume: bool) -> dict:
@@ -149,15 +149,15 @@ class TrainingLoop:
         else:
             train_batches, val_batches = self._image_loaders()
             target = model
-            set_mode, channels_last = (lambda: O.set_train_mode(model, plan)), self.channels_last
+            set_mode, channels_last = (lambda: optimization.set_train_mode(model, plan)), self.channels_last
         forward = target
         if dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             forward = nn.parallel.DistributedDataParallel(target, device_ids=device_ids)
         steps_per_epoch = len(train_batches)
-        optimizer = O.build_optimizer(model, plan, weight_decay=c.weight_decay)
-        scheduler = O.build_scheduler(optimizer, plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
-        patience_from = O.warmup_epochs(plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
+        optimizer = optimization.build_optimizer(model, plan, weight_decay=c.weight_decay)
+        scheduler = optimization.build_scheduler(optimizer, plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
+        patience_from = optimization.warmup_epochs(plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
         scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         if resume:
             self._load_resume(optimizer, scheduler)
@@ -186,11 +186,11 @@ class TrainingLoop:
                 def on_step(n, loss, acc):
                     bar.update(task, advance=n, metrics=f"loss {loss:.3f} acc {acc:.3f}")
 
-                train_stats = self._global(E.run_epoch(forward, train_batches, optimizer=optimizer, scheduler=scheduler,
+                train_stats = self._global(run_epoch(forward, train_batches, optimizer=optimizer, scheduler=scheduler,
                                                        scaler=scaler, on_step=on_step, teacher=self.teacher,
                                                        **common))
             model.eval()
-            val_stats = self._global(E.run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
+            val_stats = self._global(run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
             improved = (val_stats.top1, -val_stats.loss) > (self.best["top1"], -self.best["loss"])
             record = {"epoch": epoch, "train_loss": train_stats.loss, "train_top1": train_stats.top1,
                       "val_loss": val_stats.loss, "val_top1": val_stats.top1, "val_top5": val_stats.top5,
@@ -229,7 +229,7 @@ class TrainingLoop:
         """Epoch 0: the model as auto's probe left it (the head fitted, nothing else moved), kept on val unless an
         epoch of training beats it, so a fine-tune is accepted only when it beats the probe."""
         self.model.eval()
-        val = self._global(E.run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
+        val = self._global(run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
         record = {"epoch": 0, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
                   "seconds": val.seconds, "probe": True, "best": True}
         self.history.append(record)
@@ -245,7 +245,7 @@ class TrainingLoop:
                                       widths=self.base_info.get("widths"))
         loader = _eval_loader(self.test_items, self.preprocessing.eval_transform(), batch_size=self.per_rank_batch,
                               workers=self.workers)
-        stats = E.run_epoch(kept.to(self.device), loader, loss_fn=self.eval_loss_fn, device=self.device,
+        stats = run_epoch(kept.to(self.device), loader, loss_fn=self.eval_loss_fn, device=self.device,
                             precision="fp32", channels_last=False)
         return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss, "images": stats.images}
 

@@ -19,8 +19,8 @@ from vgg_deploy.data import Split, build_split, class_weights
 from vgg_deploy.errors import RunFolderError, VggDeployError
 from vgg_deploy.fileio import check_writable_dir, read_json, write_json
 from vgg_deploy.finetune import cases, depth_probes
-from vgg_deploy.finetune import devices as D
-from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune import devices
+from vgg_deploy.finetune import optimization
 from vgg_deploy.finetune.distributed import Distributed, from_environment, shutdown
 from vgg_deploy.finetune.loop import TrainingLoop
 from vgg_deploy.heads import with_pooled_head
@@ -119,7 +119,7 @@ def _check_config(config: FinetuneConfig, dist: Distributed) -> None:
 
 
 def _device(config: FinetuneConfig, dist: Distributed) -> torch.device:
-    device = D.resolve_device(config.device)
+    device = devices.resolve_device(config.device)
     return torch.device("cuda", dist.local_rank) if device.type == "cuda" and dist.enabled else device
 
 
@@ -165,8 +165,8 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         console.print(f"resuming {out} with its saved configuration ({runfolder.CONFIG_JSON})")
     _check_config(config, dist)
     device = _device(config, dist)
-    precision = D.resolve_precision(config.precision, device)
-    D.seed_everything(config.seed)
+    precision = devices.resolve_precision(config.precision, device)
+    devices.seed_everything(config.seed)
     split = _load_split(config, out, resume, dist)
     model, weights_info, preprocessing, head = _load_backbone(config, dist)
     pretrained_groups = tuple(g for g in weights_info["pretrained_groups"]
@@ -187,14 +187,14 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         console.print(reason)
     config = dataclasses.replace(
         config, case=decision.case, head=head, device=device.type, precision=precision,
-        workers=D.default_workers(config.workers),
+        workers=devices.default_workers(config.workers),
         lr=cases.resolved_lr(decision.case, lr=config.lr, pretrained_groups=pretrained_groups, head=head))
     if not resume:
         dist.on_main(lambda: _write_run_start(config, out, split, decided))
 
     # Deciding (the probes' data loaders draw from the global RNG) must not change how training goes: `--case
     # auto` trains as `--case <its pick>` would, except that its head starts as the probe.
-    D.seed_everything(config.seed)
+    devices.seed_everything(config.seed)
     plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained_groups=pretrained_groups,
                                epochs=config.epochs, head=head, head_init=decided["head_init"])
     if not weights_info["pretrained"] and not plan.frozen:
@@ -212,7 +212,7 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
             model.classifier[6].bias.copy_(probe.bias)
     model.to(device)
     model.to(memory_format=torch.channels_last)  # VGG is all convolutions and GEMMs: helps oneDNN and cuDNN alike
-    O.apply_freeze(model, plan)
+    optimization.apply_freeze(model, plan)
 
     weights = class_weights(train_counts).to(device)
     imbalance = max(train_counts) / max(1, min(train_counts))

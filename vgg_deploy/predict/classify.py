@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vgg_deploy.artifacts import export_dir
+from vgg_deploy.artifacts.choice import ArtifactChoice, choose_artifact
+from vgg_deploy.artifacts.manifest import MANIFEST, read_manifest
 from vgg_deploy.console import error_console, progress_bar
 from vgg_deploy.errors import DataError
-from vgg_deploy.export.manifest import MANIFEST, read_manifest
 from vgg_deploy.imaging import IMAGE_EXTENSIONS, BadImage, check_image, load_rgb
-from vgg_deploy.predict.choice import ArtifactChoice, choose_artifact
 from vgg_deploy.runfolder import open_run
 from vgg_deploy.runners.spec import build_runner
 
@@ -58,7 +59,7 @@ def predict(run_dir: str | Path, paths: list[Path], options: PredictOptions) -> 
     run = open_run(run_dir)
     if options.top_k < 1:
         raise DataError(f"--top-k must be at least 1 (got {options.top_k})")
-    manifest = read_manifest(run.path / "export") if (run.path / "export" / MANIFEST).is_file() else None
+    manifest = read_manifest(export_dir(run.path)) if (export_dir(run.path) / MANIFEST).is_file() else None
     choice = choose_artifact(run.path, manifest, artifact=options.artifact, backend=options.backend,
                              threads=options.threads)
     error_console.print(f"artifact: {choice.spec.name} on {choice.spec.kind} ({choice.why})")
@@ -67,8 +68,6 @@ def predict(run_dir: str | Path, paths: list[Path], options: PredictOptions) -> 
     if not images:
         raise DataError("no images to classify in " + ", ".join(map(str, paths))
                         + (f" ({'; '.join(f'{b.path}: {b.reason}' for b in bad)})" if bad else ""))
-    if options.threads:
-        torch.set_num_threads(options.threads)
     transform = run.preprocessing.eval_transform()
     top_k = min(options.top_k, len(run.class_names))
     with build_runner(choice.spec) as runner, progress_bar(error_console) as bar:
@@ -91,8 +90,9 @@ def predict(run_dir: str | Path, paths: list[Path], options: PredictOptions) -> 
 
 
 def _top_k(paths: list[Path], logits: np.ndarray, class_names: list[str], k: int) -> list[dict]:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    from scipy.special import softmax
+
+    probabilities = softmax(logits.astype(np.float64), axis=1)
     rows = []
     for path, p in zip(paths, probabilities):
         order = np.argsort(-p, kind="stable")[:k]

@@ -23,15 +23,15 @@ from vgg_deploy.console import console
 from vgg_deploy.data import ImageDataset, class_weights
 from vgg_deploy.errors import RunFolderError, VggDeployError
 from vgg_deploy.fileio import check_writable_dir, read_json, write_json, write_text
-from vgg_deploy.finetune import devices as D
-from vgg_deploy.finetune import epoch as E
-from vgg_deploy.finetune import optimization as O
+from vgg_deploy.finetune import devices
+from vgg_deploy.finetune import optimization
 from vgg_deploy.finetune.cases import FC_HIDDEN, FC_LR_FACTOR, FreezePlan
 from vgg_deploy.finetune.distributed import Distributed
+from vgg_deploy.finetune.epoch import run_epoch
 from vgg_deploy.finetune.loop import TrainingLoop
 from vgg_deploy.heads import CLASSIC, POOLED_HEAD
 from vgg_deploy.model import GROUP_NAMES, HEAD
-from vgg_deploy.prune import latency as L
+from vgg_deploy.prune import latency as timing
 from vgg_deploy.prune import targets
 from vgg_deploy.prune.distill import DistillationLoss
 from vgg_deploy.prune.scores import CRITERIA, channel_scores
@@ -119,9 +119,9 @@ class Pruning:
         self.split = self.source.split()
         self.preprocessing = self.source.preprocessing
         self.class_names = self.source.class_names
-        self.device = D.resolve_device(config.device)
-        self.precision = D.resolve_precision(config.precision, self.device)
-        self.workers = D.default_workers(config.workers)
+        self.device = devices.resolve_device(config.device)
+        self.precision = devices.resolve_precision(config.precision, self.device)
+        self.workers = devices.default_workers(config.workers)
         self.train_items, self.val_items, self.test_items = (
             self.split.absolute(part) for part in (self.split.train, self.split.val, self.split.test))
         missing = [str(p) for p, _ in self.train_items + self.val_items if not Path(p).is_file()]
@@ -139,7 +139,7 @@ class Pruning:
                 "parameters": parameter_count(widths, num_classes=n)}
 
     def _export(self, model: nn.Module, path: Path) -> Path:
-        return L.export_for_timing(model, path, preprocessing=self.preprocessing, class_names=self.class_names)
+        return timing.export_for_timing(model, path, preprocessing=self.preprocessing, class_names=self.class_names)
 
     def latency(self, model: nn.Module, workdir: Path) -> dict | None:
         """{ms, source_ms, speedup}: the model and the source side by side, or None when not measured."""
@@ -150,16 +150,16 @@ class Pruning:
             self._export(self.teacher, source)
         files = {"source": source, "candidate": self._export(model, workdir / "candidate.onnx")}
         try:
-            ms = L.median_latency_ms(files, image_size=self.preprocessing.image_size, rounds=self.config.latency_rounds)
+            ms = timing.median_latency_ms(files, image_size=self.preprocessing.image_size, rounds=self.config.latency_rounds)
         finally:
             files["candidate"].unlink(missing_ok=True)
         return {"ms": round(ms["candidate"], 4), "source_ms": round(ms["source"], 4),
-                "speedup": round(ms["source"] / ms["candidate"], 4), "runtime": L.RUNTIME}
+                "speedup": round(ms["source"] / ms["candidate"], 4), "runtime": timing.RUNTIME}
 
     def evaluate(self, model: nn.Module, items) -> float:
         loader = DataLoader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size=self.config.batch_size,
                             num_workers=self.workers)
-        stats = E.run_epoch(model.to(self.device).eval(), loader, loss_fn=nn.CrossEntropyLoss(), device=self.device,
+        stats = run_epoch(model.to(self.device).eval(), loader, loss_fn=nn.CrossEntropyLoss(), device=self.device,
                             precision="fp32", channels_last=False)
         return stats.top1
 
@@ -211,12 +211,12 @@ class Pruning:
         recovered = step_dir / RECOVERED
         if not recovered.is_file():
             seed = c.seed * 1000 + index
-            D.seed_everything(seed)
+            devices.seed_everything(seed)
             pruned = self._pruned_start(model, widths, step_dir, seed)
             val_before = self.evaluate(pruned, self.val_items)
             console.print(f"step {index}/{c.steps}: kept {keep:.3f} of each layer; val top-1 {val_before:.3f} "
                           "before recovery")
-            D.seed_everything(seed)
+            devices.seed_everything(seed)
             self._recover(pruned, widths, step_dir, index, resume=(step_dir / runfolder.RESUME_STATE).is_file())
             write_json(recovered, {"val_top1_before_recovery": val_before})
         trained = runfolder.open_run(step_dir).load_model()
@@ -234,7 +234,7 @@ class Pruning:
         c = self.config
         plan = recovery_plan(c.lr, head=self.source.head)
         model = model.to(self.device).to(memory_format=torch.channels_last)
-        O.apply_freeze(model, plan)
+        optimization.apply_freeze(model, plan)
         teacher = None
         loss_fn: nn.Module = self.hard_loss
         if c.distill:
@@ -333,7 +333,7 @@ def _finish(state: Pruning, records: list[dict], target: dict) -> dict:
     shutil.rmtree(out / TIMING_DIR, ignore_errors=True)
     runfolder.write_model_json(out, info)  # last: its presence marks PRUNED/ as a finished run
     final = records[-1]
-    speed = f", {final['latency']['speedup']:.2f}x faster ({L.RUNTIME})" if final["latency"] else ""
+    speed = f", {final['latency']['speedup']:.2f}x faster ({timing.RUNTIME})" if final["latency"] else ""
     test = f", test top-1 {final['test_top1']:.3f} (reported only)" if final["test_top1"] is not None else ""
     console.print(f"pruned: {final['macs'] / records[0]['macs']:.2f} of the multiply-adds, "
                   f"{final['parameters'] / records[0]['parameters']:.2f} of the parameters{speed}; "

@@ -22,13 +22,9 @@ class RunnerSpec:
 
 def build_runner(spec: RunnerSpec):
     if spec.kind == "torch":
-        import torch
-
         from vgg_deploy.runfolder import open_run
         from vgg_deploy.runners import TorchRunner
 
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
         return TorchRunner(open_run(spec.path).load_model(), name=spec.name, device=spec.device,
                            precision=spec.precision, channels_last=spec.channels_last)
     if spec.kind == "onnxruntime":

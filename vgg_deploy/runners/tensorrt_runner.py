@@ -53,7 +53,7 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        from vgg_deploy.export.tensorrt_meta import check_compatible, detect_environment
+        from vgg_deploy.artifacts.tensorrt_meta import check_compatible, detect_environment
 
         check_compatible(self.engine_path, detect_environment())
         self.trt, self.torch = trt, torch
@@ -69,7 +69,7 @@ class TensorRTRunner(Runner):
     def _bind_engine(self, trt, engine) -> None:
         """Names, dtypes and the batch profile, read from the engine: an engine built with an FP16 input gets
         FP16 input buffers, not FP32 bytes it would misread."""
-        from vgg_deploy.export.tensorrt_meta import BatchProfile
+        from vgg_deploy.artifacts.tensorrt_meta import BatchProfile
 
         self.engine = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from vgg_deploy.export import triton
+from vgg_deploy.fileio import link_or_copy
 
 MODEL_FILE = "model.onnx"
 # Runs inside Triton's Python stub (it imports triton_python_backend_utils), so it is copied, never imported here.
@@ -31,7 +32,7 @@ def write_serving_repo(repo: Path, *, artifact: Path, entry: dict, manifest: dic
     )
     version = repo / name / "1"
     version.mkdir(parents=True)
-    triton.link_or_copy(artifact, version / MODEL_FILE)
+    link_or_copy(artifact, version / MODEL_FILE)
     shutil.copy2(PYTHON_MODEL, version / "model.py")
     (repo / name / triton.LABELS).write_text("\n".join(class_names) + "\n")
     (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))

@@ -99,15 +99,16 @@ class TritonServer:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> TritonServer:
-        from vgg_deploy.export.manifest import MANIFEST, read_manifest
-        from vgg_deploy.predict.choice import choose_artifact
+        from vgg_deploy.artifacts import export_dir as export_dir_of
+        from vgg_deploy.artifacts.choice import choose_artifact
+        from vgg_deploy.artifacts.manifest import MANIFEST, read_manifest
 
         o = self.options
         if o.backend is not None and o.backend not in CPU_RUNTIMES:
             raise VggDeployError(f"--backend must be one of {', '.join(CPU_RUNTIMES)} for serve (got {o.backend})")
         if o.max_batch < 1:
             raise VggDeployError(f"--max-batch must be at least 1 (got {o.max_batch})")
-        export_dir = self.run_dir / "export"
+        export_dir = export_dir_of(self.run_dir)
         if not (export_dir / MANIFEST).is_file():
             raise RunFolderError(f"{self.run_dir} has no exported artifacts; run `vgg-deploy export {self.run_dir}` first")
         manifest = read_manifest(export_dir)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vgg_deploy.artifacts import REPORT_JSON, benchmark_dir, export_dir
+from vgg_deploy.artifacts.manifest import still_valid
 from vgg_deploy.errors import RunFolderError, VggDeployError
-from vgg_deploy.export import manifest as mf
 from vgg_deploy.fileio import read_json
 from vgg_deploy.runners.spec import RunnerSpec
 
@@ -60,7 +61,7 @@ def passed_at_export(entry: dict) -> tuple[bool, str]:
 def _measured_latency(run_dir: Path) -> dict[tuple[str, str], float]:
     """{(artifact, backend): ms per image at the smallest batch} from the run's benchmark report, if any; only
     CPU rows, since predict runs ONNX files on the CPU (a report made with --provider cuda timed GPU rows)."""
-    path = run_dir / "benchmark" / "report.json"
+    path = benchmark_dir(run_dir) / REPORT_JSON
     if not path.is_file():
         return {}
     figures = {}
@@ -123,8 +124,8 @@ def _spec(run_dir: Path, name: str, backend: str, entries: dict[str, dict], thre
     if name == PYTORCH:
         return RunnerSpec("torch", PYTORCH, str(run_dir), threads=threads)
     entry = entries[name]
-    path = run_dir / "export" / entry["path"]
-    if not mf.still_valid(run_dir / "export", entry):
+    path = export_dir(run_dir) / entry["path"]
+    if not still_valid(export_dir(run_dir), entry):
         raise RunFolderError(f"{path} is missing or differs from the manifest's sha256; re-run `vgg-deploy export`")
     return RunnerSpec(backend, name, str(path), precision=entry["precision"], threads=threads,
                       device="cuda" if backend == "tensorrt" else "cpu")
