@@ -4,7 +4,7 @@ A VGG16 (torchvision's architecture; the weights do not change the time) is expo
 quantized from the same ranges into variants: all INT8, and one layer each kept in FP32 (fc8, fc7,
 fc6, conv5_3, conv1_2, conv1_1), reading either a float input (its producer loses its output Q and with it
 onnxruntime's integer kernel) or the int8-rounded one its producer's integer kernel writes. Each variant
-is timed in its own process, in alternating rounds (`vgg_deploy.benchmark.isolated`, as `vgg-deploy
+is timed in its own process, in alternating rounds (`vgg_deploy.timing.isolated`, as `vgg-deploy
 benchmark` times its rows); the table gives each variant's median latency as a ratio of the all-INT8 file's.
 
     python benchmarks/int8_fallback_cost.py [--rounds 3] [--iters 15] [--out benchmarks/results/int8_fallback_cost.json]
@@ -23,14 +23,14 @@ import torch
 
 import calibration
 from calibration.cost import node_macs
-from vgg_deploy.benchmark.isolated import time_rounds
 from vgg_deploy.benchmark.machine import describe_machine
-from vgg_deploy.benchmark.stats import TimingPolicy
 from vgg_deploy.export.layer_names import vgg_layer_names
 from vgg_deploy.export.onnx_fp32 import INPUT_NAME, export_fp32
 from vgg_deploy.model import new_vgg16
 from vgg_deploy.preprocessing import Preprocessing
 from vgg_deploy.runners.spec import RunnerSpec
+from vgg_deploy.timing.isolated import time_rounds
+from vgg_deploy.timing.stats import TimingPolicy
 
 KEPT = ("fc8", "fc7", "fc6", "conv5_3", "conv1_2", "conv1_1")
 

@@ -86,7 +86,7 @@ def measure_int8(run: Path, variants: list[str], save) -> list[dict]:
         method, _, plain = variant.partition(":")
         started = time.perf_counter()
         export(run, ExportOptions(formats=["onnx", "onnx-int8"], calib_method=method, calib_images=128,
-                                  check_images=None, equalize=not plain))
+                                  check_images=None, equalize="off" if plain else "on"))
         entry = next(e for e in read_manifest(run / "export")["artifacts"] if e["name"] == "onnx-int8")
         rows.append(int8_row(entry, time.perf_counter() - started) | {"equalized": not plain})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "sqnr_out_db"}), flush=True)
@@ -97,11 +97,11 @@ def measure_int8(run: Path, variants: list[str], save) -> list[dict]:
 def measure_latency(run: Path, method: str) -> dict:
     """On the equalized INT8 of `method` (`export --equalize`)."""
     from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
-    from vgg_deploy.benchmark.stats import TimingPolicy
+    from vgg_deploy.timing.stats import TimingPolicy
     from vgg_deploy.export.pipeline import ExportOptions, export
 
     export(run, ExportOptions(formats=["onnx", "onnx-int8"], calib_method=method, calib_images=128,
-                              check_images=None, equalize=True))
+                              check_images=None, equalize="on"))
     report = benchmark(run, BenchmarkOptions(batch_sizes=BATCH_SIZES, onnx_backends=["onnxruntime", "openvino"],
                                              rounds=ROUNDS, timing=TimingPolicy(time_budget_s=TIME_BUDGET_S)))
     rows = [{"artifact": r["artifact"], "backend": r.get("backend"), "precision": r.get("precision"),

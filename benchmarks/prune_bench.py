@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from vgg_deploy import runfolder
-from vgg_deploy.benchmark.isolated import time_rounds
-from vgg_deploy.benchmark.stats import TimingPolicy
 from vgg_deploy.export.pipeline import ExportOptions, export
 from vgg_deploy.preprocessing import Preprocessing
 from vgg_deploy.prune import PruneConfig, prune
 from vgg_deploy.runners.spec import RunnerSpec
+from vgg_deploy.timing.isolated import time_rounds
+from vgg_deploy.timing.stats import TimingPolicy
 from vgg_deploy.widths import DENSE_WIDTHS, multiply_adds, scaled_widths, vgg16_with_widths
 
 RESULTS = Path(__file__).parent / "results"

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from vgg_deploy.benchmark.machine import describe_machine
-from vgg_deploy.benchmark.stats import TimingPolicy, measure, summarize
 from vgg_deploy.imaging import load_rgb
 from vgg_deploy.runfolder import open_run
 from vgg_deploy.serve import ServeOptions, TritonServer
+from vgg_deploy.timing.stats import TimingPolicy, measure, summarize
 
 RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
 

@@ -118,28 +118,37 @@ def exported_run(trained_run) -> Path:
 @pytest.fixture(scope="session")
 def benchmark_report(exported_run) -> dict:
     from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
-    from vgg_deploy.benchmark.stats import TimingPolicy
+    from vgg_deploy.timing.stats import TimingPolicy
 
     # eval_memory_mb=0: the shared report is made on the streamed path (test_benchmark compares it with memory).
+    # onnxruntime only: every runtime row costs a timing process per round (openvino rows: test_benchmark).
     return benchmark(exported_run, BenchmarkOptions(
-        batch_sizes=[1, 4], rounds=2, eval_memory_mb=0, timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
+        batch_sizes=[1, 4], rounds=2, eval_memory_mb=0, onnx_backends=["onnxruntime"], timing=TimingPolicy(warmup_iterations=1, warmup_seconds=0.0, min_iterations=2,
                                                           max_iterations=3, time_budget_s=0.0)))
+
+
+def tiny_classifier() -> torch.nn.Module:
+    """A small conv classifier (seeded): conv-ReLU-pool-conv-ReLU-average-linear, 16 px, 4 classes."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    ).eval()
+
+
+def export_tiny(model: torch.nn.Module, path: Path) -> Path:
+    """As ONNX, input 'input', output 'logits', dynamic batch."""
+    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_shapes={"input": {0: torch.export.Dim("batch")}}, external_data=False)
+    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
-    """A small conv classifier as ONNX (input 'input', output 'logits'): calibration knows nothing of VGG."""
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    ).eval()
-    path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
-    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_shapes={"input": {0: torch.export.Dim("batch")}}, external_data=False)
-    return path
+    """The tiny classifier as ONNX: calibration knows nothing of VGG."""
+    return export_tiny(tiny_classifier(), tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx")
 
 
 @pytest.fixture
@@ -164,7 +173,10 @@ def learned_run(tmp_path_factory) -> Path:
     return out
 
 
-PRUNE_SETTINGS = dict(target_macs=0.6, steps=2, epochs=2, batch_size=16, latency_rounds=0, workers=0)
+# Per-layer widths from measured sensitivity: the session prune exercises that path end to end (the pooled-head
+# test prunes with uniform widths).
+PRUNE_SETTINGS = dict(target_macs=0.6, allocation="sensitivity", steps=2, epochs=2, batch_size=16, latency_rounds=0,
+                      workers=0)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def imagenet_weights_cached() -> bool:
 
 def run_demo(out: str | Path, *, overwrite: bool = False, epochs: int = TARGET_EPOCHS) -> dict:
     from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
-    from vgg_deploy.benchmark.stats import TimingPolicy
+    from vgg_deploy.timing.stats import TimingPolicy
     from vgg_deploy.export.pipeline import ExportOptions, export
     from vgg_deploy.finetune import FinetuneConfig, finetune
     from vgg_deploy.keras_weights import hed_weights_path

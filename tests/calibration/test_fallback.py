@@ -7,29 +7,22 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 import calibration
 from calibration.cost import FloatCostModel, float_cost_ms, node_macs_and_weights
 from calibration.fallback import search_fallback
 from calibration.quantize import node_names
+from tests.conftest import export_tiny, tiny_classifier
 
 
 @pytest.fixture(scope="module")
 def crushed_onnx(tmp_path_factory):
     """The tiny classifier with one channel of its first conv pushed to -1000 before the ReLU: invisible in
     FP32, but a per-tensor int8 scale on that conv's output then rounds every other channel to zero."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    ).eval()
+    model = tiny_classifier()
     with torch.no_grad():
         model[0].bias[0] = -1000.0
-    path = tmp_path_factory.mktemp("crushed") / "crushed.onnx"
-    torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_shapes={"input": {0: torch.export.Dim("batch")}}, external_data=False)
-    return path
+    return export_tiny(model, tmp_path_factory.mktemp("crushed") / "crushed.onnx")
 
 
 def test_an_injected_very_sensitive_layer_is_found_first(crushed_onnx, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import calibration
 from vgg_deploy.artifacts.manifest import PRECISION
 from vgg_deploy.errors import ExportError, RunFolderError, UnavailableError
-from vgg_deploy.export.int8 import build_int8
+from vgg_deploy.export.int8 import DecisionImages, Int8Request, Int8Source, build_int8
 from vgg_deploy.export.pipeline import ExportOptions, export, resolve_formats
 from vgg_deploy.fileio import sha256_file
 from vgg_deploy.parity import compare
@@ -125,12 +125,12 @@ def test_calibration_images_come_from_train_only(exported_run):
 
 def test_int8_decision_images_are_never_test_nor_calibration_images(exported_run):
     from vgg_deploy.batches import stratified_sample
-    from vgg_deploy.export.pipeline import _decision_items
+    from vgg_deploy.export.context import decision_items_for
     from vgg_deploy.runfolder import open_run
 
     split = open_run(exported_run).split()
     calib = stratified_sample(split.absolute(split.train), 48, seed=0)
-    items, counts = _decision_items(split, ExportOptions(calib_images=48, check_images=72), calib)
+    items, counts = decision_items_for(split, ExportOptions(calib_images=48, check_images=72), calib)
     paths = {p for p, _ in items}
     assert len(paths) == counts["images"] == 200
     assert not paths & {p for p, _ in split.absolute(split.test)}
@@ -146,24 +146,52 @@ def run_copy(exported_run, tmp_path):
 
 
 def test_reexport_reuses_the_onnx_and_the_ranges_and_recalibrates_when_images_change(run_copy, capsys):
-    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=48, check_images=72))
+    # --equalize off: the reuse is the range cache's, whichever FP32 model it is keyed by.
+    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=48, check_images=72, equalize="off"))
     out = capsys.readouterr().out
     assert "reusing model.onnx" in out and "reusing minmax calibration ranges" in out
     # Unlink first: the copy shares the file with the session run through a hard link.
     (run_copy / "export" / "model.int8.onnx").unlink()
-    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=24, check_images=72))
+    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=24, check_images=72, equalize="off"))
     assert "calibrating (minmax, 24 training images): the calibration images changed" in capsys.readouterr().out
     assert {a["name"] for a in _manifest(run_copy)["artifacts"]} == {"onnx", "onnx-fp16", "onnx-int8"}
 
 
-def test_equalize_builds_int8_from_an_equivalent_model_and_says_so(run_copy):
-    (run_copy / "export" / "model.int8.onnx").unlink()  # hard-linked to the session run's file
-    export(run_copy, ExportOptions(formats=["onnx-int8"], calib_images=48, check_images=72, equalize=True))
-    entry = next(a for a in _manifest(run_copy)["artifacts"] if a["name"] == "onnx-int8")
+def test_equalization_is_decided_on_the_decision_images_and_recorded(exported_run):
+    """The default (--equalize auto): INT8 was built from the plain and the equalized FP32 model, and the one
+    that disagreed less with FP32 on the decision images was kept (plain on a tie); only a kept equalized
+    file stays on disk."""
+    entry = next(a for a in _manifest(exported_run)["artifacts"] if a["name"] == "onnx-int8")
     eq = entry["equalization"]
-    assert eq["applied"] and eq["fp32_output_drift"] < 1e-4 and len(eq["pairs"]) >= 12  # every conv-conv pair
-    assert (run_copy / "export" / eq["file"]).is_file() and sha256_file(run_copy / "export" / eq["file"]) == eq["sha256"]
-    assert entry["accuracy"]["split"] == "test" and entry["calibration"]["reason"]
+    assert eq["asked"] == "auto" and set(eq["choice"]) == {"plain", "equalized"}
+    assert eq["fp32_output_drift"] < 1e-4 and len(eq["pairs"]) >= 12  # every conv-conv pair, and fc6-fc7-fc8
+    assert eq["applied"] == (eq["choice"]["equalized"] < eq["choice"]["plain"])
+    kept = "equalized" if eq["applied"] else "plain"
+    assert entry["decision"]["disagreement_points"] <= eq["choice"][kept] + 1e-9  # the fallback starts from it
+    assert kept in eq["why"]
+    if eq["applied"]:
+        assert sha256_file(exported_run / "export" / eq["file"]) == eq["sha256"]
+    else:
+        assert "file" not in eq and not (exported_run / "export" / "calibration" / "equalized.onnx").exists()
+
+
+@pytest.mark.parametrize("asked", ["on", "off"])
+def test_equalize_on_and_off_build_from_the_model_asked_for(tiny_onnx, tiny_batches, tmp_path, asked):
+    import onnxruntime as ort
+
+    def evaluate(path, reference):
+        session = ort.InferenceSession(str(path))
+        return np.concatenate([session.run(None, {"input": b})[0] for b in tiny_batches])
+
+    inputs = _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, [])
+    info = build_int8(out=tmp_path / "q.onnx", **inputs, request=Int8Request(equalize=asked))
+    eq = info["equalization"]
+    assert eq["applied"] == (asked == "on") and eq["choice"] == {}
+    assert (tmp_path / "calibration" / "equalized.onnx").is_file() == (asked == "on")
+    if asked == "on":
+        assert eq["pairs"] and info["calibration"]["key"]["model_sha256"].endswith("+" + eq["method"])
+    else:
+        assert info["calibration"]["key"]["model_sha256"] == sha256_file(tiny_onnx)
 
 
 def _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls):
@@ -181,9 +209,11 @@ def _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls):
         parity = compare(reference, reference, labels)
         return {**parity.to_dict(), "drop_points": 0.0}
 
-    return dict(fp32_sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input",
-                image_shape=(3, 16, 16), method="minmax", cache_dir=tmp_path / "calibration", evaluate=decide,
-                reference_logits=reference, labels=labels, decision_images={"images": len(labels)}, report=report)
+    source = Int8Source(path=tiny_onnx, sha256=sha256_file(tiny_onnx), calib_batches=tiny_batches, input_name="input",
+                        image_shape=(3, 16, 16))
+    decisions = DecisionImages(evaluate=decide, reference_logits=reference, labels=labels,
+                               described={"images": len(labels)})
+    return dict(source=source, decisions=decisions, cache_dir=tmp_path / "calibration", report=report)
 
 
 def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32_and_reports_on_test_last(
@@ -199,7 +229,7 @@ def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32_and_reports_on_
         return reference if ranking[0][0] in floats else np.roll(reference, 1, axis=1)
 
     inputs = _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls)
-    info = build_int8(tiny_onnx, tmp_path / "q.onnx", **inputs, max_accuracy_drop=1.0)
+    info = build_int8(out=tmp_path / "q.onnx", **inputs, request=Int8Request(max_accuracy_drop=1.0))
     assert [k["node"] for k in info["kept_out_of_int8"]] == [ranking[0][0]]
     assert info["kept_out_of_int8"][0]["layer"] in ("conv1_1", "conv1_2", "fc6") and info["kept_out_of_int8"][0]["why"]
     assert info["decision"]["disagreement_points"] <= 1.0
@@ -207,8 +237,9 @@ def test_accuracy_budget_keeps_the_most_sensitive_layers_in_fp32_and_reports_on_
     assert calls.count("report") == 1 and calls[-1] == "report" and calls.count("decision") > 2
 
     with pytest.raises(ExportError, match="beyond --max-accuracy-drop"):
-        build_int8(tiny_onnx, tmp_path / "q2.onnx", **_budget_inputs(
-            tiny_onnx, tiny_batches, tmp_path, lambda p, ref: np.roll(ref, 1, axis=1), calls), max_accuracy_drop=1.0)
+        build_int8(out=tmp_path / "q2.onnx", **_budget_inputs(
+            tiny_onnx, tiny_batches, tmp_path, lambda p, ref: np.roll(ref, 1, axis=1), calls),
+            request=Int8Request(max_accuracy_drop=1.0))
     assert not (tmp_path / "q2.onnx").exists()
 
 
@@ -221,8 +252,8 @@ def test_auto_method_picks_the_lowest_disagreement_on_decision_images(tiny_onnx,
         session = ort.InferenceSession(str(path))
         return np.concatenate([session.run(None, {"input": b})[0] for b in tiny_batches])
 
-    inputs = _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls) | {"method": "auto"}
-    info = build_int8(tiny_onnx, tmp_path / "q.onnx", **inputs, max_accuracy_drop=None)
+    inputs = _budget_inputs(tiny_onnx, tiny_batches, tmp_path, evaluate, calls)
+    info = build_int8(out=tmp_path / "q.onnx", **inputs, request=Int8Request(method="auto"))
     choice = info["calibration"]["method_choice"]
     scores = {m: choice[m] for m in ("entropy", "minmax", "percentile")}
     assert info["calibration"]["method"] == min(scores, key=scores.get)

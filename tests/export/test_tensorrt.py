@@ -234,7 +234,8 @@ def test_engines_are_checked_against_pytorch_at_export(tmp_path, monkeypatch):
     goes; INT8 figures recorded, and the file refused beyond --max-accuracy-drop."""
     import numpy as np
 
-    from vgg_deploy.export import pipeline
+    from vgg_deploy.export import builders
+    from vgg_deploy.export.options import ExportOptions
     from vgg_deploy.runners import tensorrt_runner
 
     rng = np.random.default_rng(0)
@@ -259,7 +260,9 @@ def test_engines_are_checked_against_pytorch_at_export(tmp_path, monkeypatch):
     def check(name, logits, **options):
         engine.write_bytes(b"engine")
         served["logits"] = logits
-        return pipeline._engine_parity(name, engine, reference, batches, labels, pipeline.ExportOptions(**options))
+        ctx = types.SimpleNamespace(test_batches=batches, reference=reference, test_labels=labels,
+                                    options=ExportOptions(**options))
+        return builders._engine_parity(ctx, name, engine)
 
     figures = check("trt-fp16", reference + 1e-3)
     assert figures["top1_agreement"] == 1.0 and engine.is_file()

@@ -101,6 +101,39 @@ def test_default_follows_the_benchmark_report_when_there_is_one(tmp_path):
     assert choice.spec.name == "onnx" and "5.00 ms/image" in choice.why
 
 
+def _report(tmp_path, rows):
+    (tmp_path / "benchmark").mkdir(exist_ok=True)
+    (tmp_path / "benchmark" / "report.json").write_text(json.dumps({"results": rows}))
+
+
+def _row(artifact, backend, ms, agreement=1.0):
+    return {"artifact": artifact, "backend": backend, "status": "ok", "latency_ms": {"1": {"p50": ms}},
+            "accuracy": {"agreement": agreement}}
+
+
+def test_default_takes_the_fastest_measured_runtime_that_reproduced_the_checked_file(tmp_path, monkeypatch):
+    from vgg_deploy.artifacts import choice as choice_module
+
+    monkeypatch.setattr(choice_module, "installed_runtimes", lambda runtimes: tuple(runtimes))
+    manifest = _fake_run(tmp_path, 0.0, None)
+    _report(tmp_path, [_row("onnx-int8", "onnxruntime", 9.0, 0.99), _row("onnx-int8", "openvino", 4.0, 0.985),
+                       _row("onnx", "onnxruntime", 12.0), _row("pytorch", "torch", 30.0)])
+    chosen = choose_artifact(tmp_path, manifest, artifact=None, backend=None)
+    assert (chosen.spec.name, chosen.spec.kind) == ("onnx-int8", "openvino")
+    assert "4.00 ms/image" in chosen.why and "next onnx-int8 on onnxruntime, 2.25x slower" in chosen.why
+    # OpenVINO computing the file differently (3 points less agreement than onnxruntime's) is not taken.
+    _report(tmp_path, [_row("onnx-int8", "onnxruntime", 9.0, 0.99), _row("onnx-int8", "openvino", 4.0, 0.96)])
+    refused = choose_artifact(tmp_path, manifest, artifact=None, backend=None)
+    assert (refused.spec.name, refused.spec.kind) == ("onnx-int8", "onnxruntime")
+    assert "onnx-int8 on openvino (agrees with PyTorch 3.00 points less than on onnxruntime)" in refused.why
+    # Serve's runtimes leave PyTorch out; a runtime that is not installed is never considered.
+    _report(tmp_path, [_row("onnx", "onnxruntime", 9.0), _row("pytorch", "torch", 1.0)])
+    assert choose_artifact(tmp_path, manifest, artifact=None, backend=None,
+                           runtimes=("onnxruntime", "openvino")).spec.name == "onnx"
+    monkeypatch.setattr(choice_module, "installed_runtimes", lambda runtimes: ("torch",))
+    assert choose_artifact(tmp_path, manifest, artifact=None, backend=None).spec.kind == "torch"
+
+
 def test_artifact_and_backend_are_checked(tmp_path):
     manifest = _fake_run(tmp_path, 0.0, None)
     with pytest.raises(RunFolderError, match="--artifact trt-int8 is not in"):

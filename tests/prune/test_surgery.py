@@ -90,12 +90,15 @@ def test_keep_for_speedup_bisects_on_measured_speedups():
     def speedup_of(widths, _workdir):
         return full / multiply_adds(widths, image_size=64, num_classes=10)
 
-    keep, probes = targets.keep_for_speedup(DENSE_WIDTHS, 2.0, round_to=8, speedup_of=speedup_of)
+    def uniform(keep):
+        return scaled_widths(DENSE_WIDTHS, keep, round_to=8)
+
+    keep, probes = targets.keep_for_speedup(2.0, widths_for=uniform, speedup_of=speedup_of)
     assert len(probes) == targets.SEARCH_ITERATIONS
     assert speedup_of(scaled_widths(DENSE_WIDTHS, keep, round_to=8), None) >= 2.0
     assert speedup_of(scaled_widths(DENSE_WIDTHS, keep + 1 / 32, round_to=8), None) < 2.0
     with pytest.raises(Exception, match="not reached"):
-        targets.keep_for_speedup(DENSE_WIDTHS, 2.0, round_to=8, speedup_of=lambda w, d: 1.1)
+        targets.keep_for_speedup(2.0, widths_for=uniform, speedup_of=lambda w, d: 1.1)
 
 
 def test_distillation_loss_is_the_hard_loss_at_weight_zero_and_zero_when_matching_the_teacher():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,11 @@ EXPECTED_ORDER = {
 # An INT8 file exported without --max-accuracy-drop is trusted as the default when it disagrees with FP32
 # on at most this many points of the export's decision images (export warns above it too).
 DEFAULT_INT8_DISAGREEMENT = 1.0
+# The CPU runtimes a default choice considers, where installed. Export checks every ONNX file on onnxruntime;
+# another runtime is taken only where the benchmark ran the same file on it and its agreement with PyTorch
+# there came within this many points of onnxruntime's (it computes the file the export checked).
+CPU_RUNTIMES = ("onnxruntime", "openvino", "torch")
+RUNTIME_AGREEMENT_SLACK = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,25 +64,53 @@ def passed_at_export(entry: dict) -> tuple[bool, str]:
                 f"({'within' if ok else 'beyond'} {allowed})")
 
 
-def _measured_latency(run_dir: Path) -> dict[tuple[str, str], float]:
-    """{(artifact, backend): ms per image at the smallest batch} from the run's benchmark report, if any; only
-    CPU rows, since predict runs ONNX files on the CPU (a report made with --provider cuda timed GPU rows)."""
+def _measured_rows(run_dir: Path) -> dict[tuple[str, str], dict]:
+    """{(artifact, backend): its benchmark row} from the run's report, if any; only the rows that ran, and only
+    CPU rows, since predict and serve run ONNX files on the CPU (a report made with --provider cuda timed GPU
+    rows)."""
     path = benchmark_dir(run_dir) / REPORT_JSON
     if not path.is_file():
         return {}
-    figures = {}
+    rows = {}
     for row in read_json(path).get("results", []):
-        latency = row.get("latency_ms") or {}
         on_gpu = row.get("device") == "cuda" or row.get("provider") not in (None, "cpu")
-        if row.get("status") != "ok" or not latency or (on_gpu and row.get("backend") != "tensorrt"):
+        if row.get("status") != "ok" or not row.get("latency_ms") or (on_gpu and row.get("backend") != "tensorrt"):
             continue
-        batch = min(latency, key=int)
-        figures[(row["artifact"], row["backend"])] = latency[batch]["p50"] / int(batch)
-    return figures
+        rows[(row["artifact"], row["backend"])] = row
+    return rows
+
+
+def _ms_per_image(row: dict) -> float:
+    batch = min(row["latency_ms"], key=int)
+    return row["latency_ms"][batch]["p50"] / int(batch)
+
+
+def _runtime_checked(name: str, runtime: str, measured: dict[tuple[str, str], dict]) -> tuple[bool, str]:
+    """onnxruntime, torch and TensorRT run what export checked; another runtime must have reproduced it in the
+    benchmark: its agreement with PyTorch within RUNTIME_AGREEMENT_SLACK points of onnxruntime's on that file."""
+    if runtime != "openvino":
+        return True, ""
+    row, reference = measured.get((name, runtime)), measured.get((name, "onnxruntime"))
+    if row is None or reference is None:
+        return False, f"{name} on {runtime} (not benchmarked beside onnxruntime)"
+    gap = 100.0 * (reference["accuracy"]["agreement"] - row["accuracy"]["agreement"])
+    if gap > RUNTIME_AGREEMENT_SLACK:
+        return False, f"{name} on {runtime} (agrees with PyTorch {gap:.2f} points less than on onnxruntime)"
+    return True, ""
+
+
+def installed_runtimes(runtimes: Sequence[str] = CPU_RUNTIMES) -> tuple[str, ...]:
+    import importlib.util
+
+    modules = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
+    return tuple(r for r in runtimes if importlib.util.find_spec(modules[r]) is not None)
 
 
 def choose_artifact(run_dir: Path, manifest: dict | None, *, artifact: str | None, backend: str | None,
-                    threads: int | None = None) -> ArtifactChoice:
+                    threads: int | None = None, runtimes: Sequence[str] = CPU_RUNTIMES) -> ArtifactChoice:
+    """The user's artifact (on its first runtime, or `backend`), else the fastest (artifact, runtime) pair the
+    benchmark measured here among the installed `runtimes` (or just `backend`) whose artifact passed at export
+    and whose runtime reproduced it; without a report, the expected fastest on the first runtime."""
     entries = {e["name"]: e for e in (manifest or {}).get("artifacts", [])}
     available = [PYTORCH, *entries]
     if artifact is not None and artifact not in available:
@@ -90,8 +124,29 @@ def choose_artifact(run_dir: Path, manifest: dict | None, *, artifact: str | Non
             raise VggDeployError(f"--artifact {artifact} runs on {', '.join(backends)}, not on {backend}")
         return ArtifactChoice(_spec(run_dir, artifact, backend or backends[0], entries, threads), "as asked")
 
-    backends = (backend,) if backend else ("onnxruntime", "torch")
-    measured = _measured_latency(run_dir)
+    backends = (backend,) if backend else installed_runtimes(runtimes)
+    measured = _measured_rows(run_dir)
+    candidates, refused = _candidates(entries, backends, measured)
+    if not candidates:
+        raise RunFolderError(f"no artifact of {run_dir} that passed at export runs on {', '.join(backends)}"
+                             + (f"; not taken: {', '.join(refused)}" if refused else ""))
+    timed = [c for c in candidates if c in measured]
+    if timed:
+        name, runtime = min(timed, key=lambda c: _ms_per_image(measured[c]))
+        ms = _ms_per_image(measured[(name, runtime)])
+        why = f"the fastest measured here that passed its checks ({ms:.2f} ms/image in benchmark/report.json"
+        others = sorted(((_ms_per_image(measured[c]) / ms, c) for c in timed if c != (name, runtime)))
+        why += (f"; next {others[0][1][0]} on {others[0][1][1]}, {others[0][0]:.2f}x slower)" if others else ")")
+    else:
+        name, runtime = candidates[0]
+        why = "expected fastest that passed at export (no benchmark report to compare measured speeds)"
+    if refused:
+        why += f"; not taken: {', '.join(refused)}"
+    return ArtifactChoice(_spec(run_dir, name, runtime, entries, threads), why)
+
+
+def _candidates(entries: dict[str, dict], backends: Sequence[str],
+                measured: dict[tuple[str, str], dict]) -> tuple[list[tuple[str, str]], list[str]]:
     candidates, refused = [], []
     for runtime in backends:
         for name in EXPECTED_ORDER[runtime]:
@@ -101,23 +156,16 @@ def choose_artifact(run_dir: Path, manifest: dict | None, *, artifact: str | Non
             if name not in entries:
                 continue
             ok, why = passed_at_export(entries[name])
-            if ok:
+            if not ok:
+                if f"{name} ({why})" not in refused:
+                    refused.append(f"{name} ({why})")
+                continue
+            checked, why = _runtime_checked(name, runtime, measured)
+            if checked:
                 candidates.append((name, runtime))
-            else:
-                refused.append(f"{name} ({why})")
-    if not candidates:
-        raise RunFolderError(f"no artifact of {run_dir} that passed at export runs on {', '.join(backends)}"
-                             + (f"; not taken: {', '.join(refused)}" if refused else ""))
-    timed = [c for c in candidates if c in measured]
-    if timed:
-        name, runtime = min(timed, key=measured.get)
-        why = f"the fastest that passed at export ({measured[(name, runtime)]:.2f} ms/image in benchmark/report.json)"
-    else:
-        name, runtime = candidates[0]
-        why = "expected fastest that passed at export (no benchmark report to compare measured speeds)"
-    if refused:
-        why += f"; not taken: {', '.join(refused)}"
-    return ArtifactChoice(_spec(run_dir, name, runtime, entries, threads), why)
+            elif measured:
+                refused.append(why)
+    return candidates, refused
 
 
 def _spec(run_dir: Path, name: str, backend: str, entries: dict[str, dict], threads: int | None) -> RunnerSpec:

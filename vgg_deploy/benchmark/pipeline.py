@@ -9,12 +9,12 @@ import numpy as np
 
 from vgg_deploy.batches import EVAL_MEMORY_MB, eval_batches, first_images, run_batches
 from vgg_deploy.benchmark.accuracy import accuracy_figures
-from vgg_deploy.benchmark.isolated import time_rounds
 from vgg_deploy.benchmark.machine import describe_machine, physical_cores
 from vgg_deploy.benchmark.report import terminal_table, write_report
-from vgg_deploy.benchmark.stats import TimingPolicy, summarize_rounds
 from vgg_deploy.console import console
 from vgg_deploy.data import scan_image_folder
+from vgg_deploy.timing.isolated import time_rounds
+from vgg_deploy.timing.stats import TimingPolicy, summarize_rounds
 from vgg_deploy.errors import (
     AccuracyGateError,
     ArtifactFailedError,
@@ -24,6 +24,7 @@ from vgg_deploy.errors import (
 )
 from vgg_deploy.artifacts import BENCHMARK_DIR
 from vgg_deploy.artifacts import export_dir as export_dir_of
+from vgg_deploy.artifacts.choice import installed_runtimes
 from vgg_deploy.artifacts.manifest import read_manifest
 from vgg_deploy.fileio import check_writable_dir, sha256_file
 from vgg_deploy.runfolder import open_run
@@ -34,6 +35,7 @@ BASELINE = "pytorch"
 # PyTorch as a user who tunes it runs it: channels-last FP32 on the CPU (about 1.4x eager NCHW on this
 # project's 2-core machine), FP16 autocast on CUDA. Speed-ups are quoted against both.
 BEST_PYTORCH = "pytorch-best"
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 @dataclass
@@ -43,8 +45,9 @@ class BenchmarkOptions:
     threads: int | None = None
     max_accuracy_drop: float | None = None
     provider: str = "cpu"  # onnxruntime execution provider for ONNX artifacts
-    # Runtimes for ONNX artifacts: onnxruntime, and openvino as an outside reference on the same files.
-    onnx_backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    # Runtimes for ONNX artifacts: onnxruntime, and openvino on the same files; by default every one installed
+    # (predict and serve then take the fastest measured pair).
+    onnx_backends: list[str] = field(default_factory=lambda: list(installed_runtimes(ONNX_BACKENDS)))
     eval_batch_size: int = 16
     eval_memory_mb: float = EVAL_MEMORY_MB  # larger evaluation sets are streamed from disk on every pass
     timing: TimingPolicy = field(default_factory=TimingPolicy)
@@ -54,7 +57,6 @@ class BenchmarkOptions:
     rounds: int = 5
 
 
-ONNX_BACKENDS = ("onnxruntime", "openvino")
 ORT_TENSORRT_CACHE = "ort-tensorrt-cache"
 
 

@@ -24,7 +24,8 @@ def benchmark_command(
     ),
     provider: Provider = typer.Option(Provider.cpu, help="onnxruntime execution provider for the ONNX artifacts."),
     backends: str = typer.Option(
-        "onnxruntime", help="Runtimes for ONNX artifacts, comma-separated: onnxruntime, openvino (same files)."
+        "auto", help="Runtimes for ONNX artifacts, comma-separated: onnxruntime, openvino (same files); auto: "
+        "each one installed."
     ),
     iterations: int = typer.Option(100, min=1, help="Most timed iterations per artifact and batch size."),
     time_budget: float = typer.Option(10.0, min=0.0, help="Seconds of timing per artifact and batch size."),
@@ -36,7 +37,7 @@ def benchmark_command(
 ) -> None:
     """Accuracy and latency of every exported artifact beside the PyTorch FP32 baseline."""
     from vgg_deploy.benchmark.pipeline import BenchmarkOptions, benchmark
-    from vgg_deploy.benchmark.stats import TimingPolicy
+    from vgg_deploy.timing.stats import TimingPolicy
 
     with user_errors():
         from vgg_deploy.benchmark.machine import physical_cores
@@ -46,12 +47,21 @@ def benchmark_command(
         sizes = _parse_batch_sizes(batch_sizes)
         options = BenchmarkOptions(
             batch_sizes=sizes, data=str(data) if data else None, threads=threads, max_accuracy_drop=max_accuracy_drop,
-            provider=provider.value, onnx_backends=[b.strip() for b in backends.split(",") if b.strip()],
+            provider=provider.value, onnx_backends=_parse_backends(backends),
             timing=TimingPolicy(warmup_iterations=warmup, min_iterations=min(5, iterations), max_iterations=iterations,
                                 time_budget_s=time_budget),
             rounds=rounds, eval_memory_mb=eval_memory_mb,
         )
         benchmark(run, options)
+
+
+def _parse_backends(text: str) -> list[str]:
+    from vgg_deploy.artifacts.choice import installed_runtimes
+    from vgg_deploy.benchmark.pipeline import ONNX_BACKENDS
+
+    if text.strip() == "auto":
+        return list(installed_runtimes(ONNX_BACKENDS))
+    return [b.strip() for b in text.split(",") if b.strip()]
 
 
 def _parse_batch_sizes(text: str) -> list[int]:

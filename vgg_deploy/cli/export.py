@@ -8,6 +8,12 @@ import typer
 from vgg_deploy.cli.errors import user_errors
 
 
+class Equalize(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class CalibMethod(str, Enum):
     entropy = "entropy"
     minmax = "minmax"
@@ -28,8 +34,9 @@ def export_command(
         None, min=0.0, help="INT8 budget in points of top-1 disagreement with FP32 on val (never test); keeps "
         "the layers that buy the most agreement per cost out of INT8 until met.",
     ),
-    equalize: bool = typer.Option(False, help="INT8: first equalize each layer's per-channel ranges (an exact FP32 "
-                                  "rewrite), so one scale per tensor serves small channels too."),
+    equalize: Equalize = typer.Option(
+        Equalize.auto, help="INT8 from the range-equalized FP32 model (an exact rewrite, so one scale per tensor serves "
+        "small channels too): auto builds both and keeps the one that agrees better with FP32 on the decision images."),
     max_fp32_layers: int = typer.Option(4, min=1, help="Most layers the INT8 budget may keep out of INT8."),
     check_images: int = typer.Option(256, min=1, help="Test images for parity figures, and val images for INT8 decisions."),
     eval_memory_mb: float = typer.Option(2048, min=0.0, help="Check images are held in memory as uint8 crops up to "
@@ -54,7 +61,7 @@ def export_command(
             calib_method=calib_method.value,
             max_accuracy_drop=max_accuracy_drop,
             max_fp32_layers=max_fp32_layers,
-            equalize=equalize,
+            equalize=equalize.value,
             check_images=check_images,
             eval_memory_mb=eval_memory_mb,
             profile=BatchProfile(min_batch, opt_batch, max_batch),

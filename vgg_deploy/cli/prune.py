@@ -9,6 +9,11 @@ from vgg_deploy.cli.errors import user_errors
 from vgg_deploy.cli.finetune import Device, Precision
 
 
+class Allocation(str, Enum):
+    uniform = "uniform"
+    sensitivity = "sensitivity"
+
+
 class Criterion(str, Enum):
     taylor = "taylor"
     l1 = "l1"
@@ -23,6 +28,11 @@ def prune_command(
                                          "(onnxruntime FP32, CPU, batch 1), e.g. 2."),
     criterion: Criterion = typer.Option(Criterion.taylor, help="Which channels go: lowest |activation x gradient| "
                                         "(taylor) or weight norm (l1, l2)."),
+    allocation: Allocation = typer.Option(
+        Allocation.uniform, help="Per-layer widths: every layer keeps the same fraction (uniform), or each layer's "
+        "width follows its measured val-loss sensitivity (sensitivity)."),
+    sensitivity_images: int = typer.Option(128, min=1, help="--allocation sensitivity: val images each layer's "
+                                           "sensitivity is measured on (a class-stratified sample)."),
     steps: int = typer.Option(3, min=1, help="Prune in this many steps, recovering after each."),
     epochs: int = typer.Option(2, min=1, help="Recovery epochs per step."),
     distill: bool = typer.Option(True, help="Distil from the unpruned model while recovering."),
@@ -41,7 +51,7 @@ def prune_command(
 
     config = PruneConfig(
         run=str(run), out=str(out), target_macs=target_macs, target_speedup=target_speedup, criterion=criterion.value,
-        steps=steps, epochs=epochs, distill=distill, round_to=round_to, lr=lr, batch_size=batch_size,
+        allocation=allocation.value, sensitivity_images=sensitivity_images, steps=steps, epochs=epochs, distill=distill, round_to=round_to, lr=lr, batch_size=batch_size,
         latency_rounds=latency_rounds, seed=seed, device=device.value, precision=precision.value, workers=workers,
     )
     with user_errors():

@@ -7,15 +7,21 @@ import os
 
 import onnx
 
-from vgg_deploy.widths import CONV_NAMES
-
 
 def vgg_layer_names(model_path: str | os.PathLike[str]) -> dict[str, str]:
-    """{node name: VGG name}. The convolutions take widths.CONV_NAMES in graph order (pruning narrows layers,
-    it never removes one); the fully connected layers count on from fc6."""
+    """{node name: VGG name}. Convolutions are numbered by block (a MaxPool closes a block) and position
+    in it; the fully connected layers count on from fc6, in graph order."""
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    convs = [node.name for node in graph.node if node.op_type == "Conv"]
-    if len(convs) != len(CONV_NAMES):
-        raise ValueError(f"{model_path} has {len(convs)} convolutions, not VGG16's {len(CONV_NAMES)}")
-    fcs = [node.name for node in graph.node if node.op_type in ("Gemm", "MatMul")]
-    return {**dict(zip(convs, CONV_NAMES)), **{name: f"fc{index}" for index, name in enumerate(fcs, 6)}}
+    names: dict[str, str] = {}
+    block, position, fc = 1, 0, 6
+    for node in graph.node:
+        if node.op_type == "MaxPool":
+            if position:
+                block, position = block + 1, 0
+        elif node.op_type == "Conv":
+            position += 1
+            names[node.name] = f"conv{block}_{position}"
+        elif node.op_type in ("Gemm", "MatMul"):
+            names[node.name] = f"fc{fc}"
+            fc += 1
+    return names

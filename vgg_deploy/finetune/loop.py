@@ -6,26 +6,23 @@ checkpoint, and only reported."""
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader
 
 from vgg_deploy import runfolder
 from vgg_deploy.console import console, progress_bar
-from vgg_deploy.data import ImageDataset
 from vgg_deploy.fileio import atomic_path, read_json, write_json
 from vgg_deploy.finetune import optimization
 from vgg_deploy.finetune.distributed import Distributed
 from vgg_deploy.finetune.epoch import EpochStats, run_epoch
-from vgg_deploy.finetune.probe import Standardiser, extract_codes
+from vgg_deploy.finetune.loaders import RunBatches, eval_loader
 from vgg_deploy.model import HEAD, fold_batch_norm, group_parameters, has_batch_norm
-
-
-def _eval_loader(items, transform, *, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
+from vgg_deploy.preprocessing import Preprocessing
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -33,69 +30,62 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the loop trains: what finetune and prune each resolve from their own configuration."""
+
+    epochs: int
+    batch_size: int  # global: split across ranks under torchrun
+    seed: int
+    patience: int
+    weight_decay: float
+    device: torch.device
+    precision: str
+    workers: int
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class LoopData:
+    preprocessing: Preprocessing
+    train_items: list
+    val_items: list
+    test_items: list
+
+
+@dataclass
+class _Steps:
+    """What one run's epochs share: its batches, the module trained (fc8 alone on cached codes) and how."""
+
+    train_batches: DataLoader
+    val_batches: DataLoader
+    target: nn.Module
+    forward: nn.Module  # the target, wrapped in DDP under torchrun
+    set_mode: Callable[[], None]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    patience_from: int
+    common: dict
+
+
 class TrainingLoop:
-    def __init__(self, *, model, plan, config, out: Path, device, precision, channels_last, loss_fn, eval_loss_fn,
-                 workers, preprocessing, train_items, val_items, test_items, base_info, dist: Distributed,
-                 teacher: nn.Module | None = None):
-        self.model, self.plan, self.config, self.out = model, plan, config, out
-        self.device, self.precision, self.channels_last = device, precision, channels_last
-        self.loss_fn, self.eval_loss_fn, self.workers = loss_fn, eval_loss_fn, workers
-        self.preprocessing, self.base_info, self.dist = preprocessing, base_info, dist
-        self.teacher = teacher  # distillation (prune's recovery): training loss_fn takes the teacher's logits too
-        self.train_items, self.val_items, self.test_items = train_items, val_items, test_items
-        self.per_rank_batch = config.batch_size // dist.world_size
+    """`teacher`: distillation (prune's recovery); the training loss then takes the teacher's logits too.
+    `base_info`: model.json less the metrics, which the loop adds for the kept checkpoint."""
+
+    def __init__(self, *, model, plan, config: LoopConfig, data: LoopData, out: Path, loss_fn, eval_loss_fn,
+                 base_info: dict, dist: Distributed, teacher: nn.Module | None = None):
+        self.model, self.plan, self.config, self.data, self.out = model, plan, config, data, out
+        self.loss_fn, self.eval_loss_fn, self.teacher = loss_fn, eval_loss_fn, teacher
+        self.base_info, self.dist = base_info, dist
+        self.device, self.precision = config.device, config.precision
         self.history: list[dict] = []
         self.best = {"top1": -1.0, "loss": float("inf"), "epoch": 0}
         self.stale_epochs = 0
         self.start_epoch = 0
-        self.cache_seconds = 0.0  # feature extraction, charged to the first epoch run
-        self.train_sampler: DistributedSampler | None = None
-        self.shuffle_generator = torch.Generator()
-        self.standardiser: Standardiser | None = None
-
-    # -- batches ---------------------------------------------------------------------------------
-    def _train_loader(self, dataset, *, workers: int = 0) -> DataLoader:
-        """Each rank a disjoint shard; the tail that does not divide evenly rotates out by epoch. The
-        order is a function of (seed, epoch) alone, so a resumed run sees the batches an unbroken one would."""
-        sampler = None
-        if self.dist.enabled:
-            sampler = self.train_sampler = DistributedSampler(
-                dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
-                seed=self.config.seed, drop_last=True)
-        return DataLoader(dataset, batch_size=self.per_rank_batch, sampler=sampler, shuffle=sampler is None,
-                          num_workers=workers, generator=self.shuffle_generator)
-
-    def _image_loaders(self):
-        pp, dist = self.preprocessing, self.dist
-        train = self._train_loader(ImageDataset(self.train_items, pp.train_transform()), workers=self.workers)
-        val = _eval_loader(self.val_items[dist.rank :: dist.world_size], pp.eval_transform(),
-                           batch_size=self.per_rank_batch, workers=self.workers)
-        return train, val
-
-    def _cached_loaders(self):
-        """small-similar: conv1..fc7 run once; epochs then cost only fc8. Under torchrun each rank extracts
-        its own shard; the codes are then shared."""
-        started = time.perf_counter()
-        dist, eval_t = self.dist, self.preprocessing.eval_transform()
-
-        def codes_of(items):
-            shard = items[dist.rank :: dist.world_size]
-            loader = _eval_loader(shard, eval_t, batch_size=self.per_rank_batch, workers=self.workers)
-            return extract_codes(self.model, loader, device=self.device, channels_last=self.channels_last)
-
-        local_train, val_codes = codes_of(self.train_items), codes_of(self.val_items)
-        train_codes = (dist.all_gather_tensor(local_train[0]), dist.all_gather_tensor(local_train[1]))
-        # Standardised so the probe trains well whatever the codes' scale; folded back into fc8 on save.
-        self.standardiser = standardise = Standardiser.fit(train_codes[0])
-        if self.plan.head_init == "probe":
-            standardise.unfold(self.model.classifier[6])  # the probe, fitted on raw codes, now on standardised ones
-        train = self._train_loader(TensorDataset(standardise(train_codes[0]), train_codes[1]))
-        val = DataLoader(TensorDataset(standardise(val_codes[0]), val_codes[1]),
-                         batch_size=max(self.config.batch_size, 256))
-        self.cache_seconds = time.perf_counter() - started
-        console.print(f"cached FP32 fc7 codes of {len(train_codes[0])} train + {len(self.val_items)} val images "
-                      f"in {self.cache_seconds:.1f}s")
-        return train, val
+        self.batches = RunBatches(data=data, dist=dist, seed=config.seed, batch_size=config.batch_size,
+                                  workers=config.workers, channels_last=config.channels_last)
+        self.shards: list = []  # under torchrun: each rank's first-epoch training indices, for distributed.json
 
     # -- checkpoints (rank 0) --------------------------------------------------------------------
     def _trained_state(self) -> dict:
@@ -126,7 +116,8 @@ class TrainingLoop:
         """model.safetensors is always a plain torchvision VGG16: BatchNorm folded into the convs, the probe's
         standardisation folded into fc8 (the model being trained is left as it is)."""
         model = fold_batch_norm(self.model) if has_batch_norm(self.model) else self.model
-        overrides = self.standardiser.fold(self.model.classifier[6]) if self.standardiser is not None else None
+        standardiser = self.batches.standardiser
+        overrides = standardiser.fold(self.model.classifier[6]) if standardiser is not None else None
         runfolder.save_weights(model, self.out / runfolder.WEIGHTS, overrides=overrides)
         info = dict(self.base_info)
         info["metrics"] = {"val": {"top1": val.top1, "top5": val.top5, "loss": val.loss}, "epoch": epoch}
@@ -141,89 +132,103 @@ class TrainingLoop:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, *, resume: bool) -> dict:
-        c, plan, model, dist = self.config, self.plan, self.model, self.dist
+        steps = self._setup()
+        if resume:
+            self._load_resume(steps.optimizer, steps.scheduler)
+        if self.plan.head_init == "probe" and not resume:
+            self._probe_epoch(steps.target, steps.val_batches, steps.common)
+        for epoch in range(self.start_epoch + 1, self.config.epochs + 1):
+            if self._epoch(epoch, steps):
+                console.print(f"early stop: no val top-1 gain for {self.config.patience} epochs")
+                break
+        return self._finish(self.shards)
+
+    def _setup(self) -> _Steps:
+        c, plan, model = self.config, self.plan, self.model
         if plan.cache_features:
-            train_batches, val_batches = self._cached_loaders()
+            train_batches, val_batches = self.batches.cached_codes(model, device=self.device,
+                                                                   head_is_probe=plan.head_init == "probe")
             target = model.classifier[6]
             set_mode, channels_last = target.train, False
         else:
-            train_batches, val_batches = self._image_loaders()
+            train_batches, val_batches = self.batches.images()
             target = model
-            set_mode, channels_last = (lambda: optimization.set_train_mode(model, plan)), self.channels_last
+            set_mode, channels_last = (lambda: optimization.set_train_mode(model, plan)), c.channels_last
         forward = target
-        if dist.enabled:
+        if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             forward = nn.parallel.DistributedDataParallel(target, device_ids=device_ids)
         steps_per_epoch = len(train_batches)
         optimizer = optimization.build_optimizer(model, plan, weight_decay=c.weight_decay)
-        scheduler = optimization.build_scheduler(optimizer, plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
-        patience_from = optimization.warmup_epochs(plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs)
-        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        if resume:
-            self._load_resume(optimizer, scheduler)
-        common = dict(loss_fn=self.loss_fn, device=self.device, precision=self.precision, channels_last=channels_last)
-        shards: list = []
-        if plan.head_init == "probe" and not resume:
-            self._probe_epoch(target, val_batches, common)
+        return _Steps(
+            train_batches=train_batches, val_batches=val_batches, target=target, forward=forward, set_mode=set_mode,
+            optimizer=optimizer,
+            scheduler=optimization.build_scheduler(optimizer, plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs),
+            scaler=torch.amp.GradScaler("cuda") if self.precision == "fp16" else None,
+            patience_from=optimization.warmup_epochs(plan, steps_per_epoch=steps_per_epoch, epochs=c.epochs),
+            common=dict(loss_fn=self.loss_fn, device=self.device, precision=self.precision, channels_last=channels_last),
+        )
 
-        for epoch in range(self.start_epoch + 1, c.epochs + 1):
-            in_head_warmup = epoch <= plan.head_warmup_epochs
-            if not dist.enabled:
-                # LP-FT: the scheduler already holds the backbone's rate at 0; skipping its gradients saves the
-                # compute. (DDP needs a fixed set of gradients, so there the zero rate alone does the work.)
-                for g in plan.trained:
-                    for p in group_parameters(model, g):
-                        p.requires_grad_(g == HEAD or not in_head_warmup)
-            self.shuffle_generator.manual_seed(c.seed * 100_003 + epoch)
-            if self.train_sampler is not None:
-                self.train_sampler.set_epoch(epoch)
-                if not shards:
-                    shards = dist.gather(list(self.train_sampler))
-            set_mode()
-            with progress_bar() as bar:
-                task = bar.add_task(f"epoch {epoch}/{c.epochs}", total=steps_per_epoch * self.per_rank_batch, metrics="")
-
-                def on_step(n, loss, acc):
-                    bar.update(task, advance=n, metrics=f"loss {loss:.3f} acc {acc:.3f}")
-
-                train_stats = self._global(run_epoch(forward, train_batches, optimizer=optimizer, scheduler=scheduler,
-                                                       scaler=scaler, on_step=on_step, teacher=self.teacher,
-                                                       **common))
-            model.eval()
-            val_stats = self._global(run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
-            improved = (val_stats.top1, -val_stats.loss) > (self.best["top1"], -self.best["loss"])
-            record = {"epoch": epoch, "train_loss": train_stats.loss, "train_top1": train_stats.top1,
-                      "val_loss": val_stats.loss, "val_top1": val_stats.top1, "val_top5": val_stats.top5,
-                      "seconds": train_stats.seconds + val_stats.seconds + self.cache_seconds,
-                      "train_images": train_stats.images,
-                      "train_images_per_s": train_stats.images / max(train_stats.seconds, 1e-9),
-                      "lr_head": optimizer.param_groups[-1]["lr"], "head_only": in_head_warmup, "best": improved}
-            self.cache_seconds = 0.0
-            self.history.append(record)
-            console.print(
-                f"epoch {epoch}: train loss {train_stats.loss:.3f} acc {train_stats.top1:.3f} | val loss "
-                f"{val_stats.loss:.3f} top-1 {val_stats.top1:.3f} top-5 {val_stats.top5:.3f} | "
-                f"{record['seconds']:.1f}s" + (" *" if improved else "")
-            )
+    def _epoch(self, epoch: int, steps: _Steps) -> bool:
+        """One epoch of training and validation, its record and checkpoints; True when training stops early."""
+        c, plan, dist = self.config, self.plan, self.dist
+        in_head_warmup = epoch <= plan.head_warmup_epochs
+        if not dist.enabled:
+            # LP-FT: the scheduler already holds the backbone's rate at 0; skipping its gradients saves the
+            # compute. (DDP needs a fixed set of gradients, so there the zero rate alone does the work.)
+            for g in plan.trained:
+                for p in group_parameters(self.model, g):
+                    p.requires_grad_(g == HEAD or not in_head_warmup)
+        self.batches.start_epoch(epoch)
+        if self.batches.train_sampler is not None and not self.shards:
+            self.shards = dist.gather(list(self.batches.train_sampler))
+        steps.set_mode()
+        train_stats = self._train_one_epoch(epoch, steps)
+        self.model.eval()
+        val_stats = self._global(run_epoch(steps.target, steps.val_batches,
+                                           **{**steps.common, "loss_fn": self.eval_loss_fn}))
+        improved = (val_stats.top1, -val_stats.loss) > (self.best["top1"], -self.best["loss"])
+        record = {"epoch": epoch, "train_loss": train_stats.loss, "train_top1": train_stats.top1,
+                  "val_loss": val_stats.loss, "val_top1": val_stats.top1, "val_top5": val_stats.top5,
+                  "seconds": train_stats.seconds + val_stats.seconds + self.batches.cache_seconds,
+                  "train_images": train_stats.images,
+                  "train_images_per_s": train_stats.images / max(train_stats.seconds, 1e-9),
+                  "lr_head": steps.optimizer.param_groups[-1]["lr"], "head_only": in_head_warmup, "best": improved}
+        self.batches.cache_seconds = 0.0  # feature extraction, charged to the first epoch run
+        self.history.append(record)
+        console.print(
+            f"epoch {epoch}: train loss {train_stats.loss:.3f} acc {train_stats.top1:.3f} | val loss "
+            f"{val_stats.loss:.3f} top-1 {val_stats.top1:.3f} top-5 {val_stats.top5:.3f} | "
+            f"{record['seconds']:.1f}s" + (" *" if improved else "")
+        )
+        if improved:
+            self.best = {"top1": val_stats.top1, "loss": val_stats.loss, "epoch": epoch}
+            self.stale_epochs = 0
+        else:
+            self.stale_epochs += 1
+        # Never while the probe (epoch 0) is still the best: the fine-tune has not yet had its schedule.
+        stopping_early = self.stale_epochs >= c.patience and epoch > steps.patience_from and self.best["epoch"] != 0
+        if dist.is_main:
+            _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
             if improved:
-                self.best = {"top1": val_stats.top1, "loss": val_stats.loss, "epoch": epoch}
-                self.stale_epochs = 0
-            else:
-                self.stale_epochs += 1
-            # Never while the probe (epoch 0) is still the best: the fine-tune has not yet had its schedule.
-            stopping_early = self.stale_epochs >= c.patience and epoch > patience_from and self.best["epoch"] != 0
-            if dist.is_main:
-                _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
-                if improved:
-                    self._save_best(val_stats, epoch)
-                if epoch < c.epochs and not stopping_early:
-                    # Not after the last epoch: the run finishes a moment later and deletes it, and for a full
-                    # fine-tune it is the model plus two AdamW moments, about 1.6 GB written for nothing.
-                    self._save_resume(epoch, optimizer, scheduler)
-            if stopping_early:
-                console.print(f"early stop: no val top-1 gain for {c.patience} epochs")
-                break
-        return self._finish(shards)
+                self._save_best(val_stats, epoch)
+            if epoch < c.epochs and not stopping_early:
+                # Not after the last epoch: the run finishes a moment later and deletes it, and for a full
+                # fine-tune it is the model plus two AdamW moments, about 1.6 GB written for nothing.
+                self._save_resume(epoch, steps.optimizer, steps.scheduler)
+        return stopping_early
+
+    def _train_one_epoch(self, epoch: int, steps: _Steps) -> EpochStats:
+        with progress_bar() as bar:
+            task = bar.add_task(f"epoch {epoch}/{self.config.epochs}",
+                                total=len(steps.train_batches) * self.batches.per_rank_batch, metrics="")
+
+            def on_step(n, loss, acc):
+                bar.update(task, advance=n, metrics=f"loss {loss:.3f} acc {acc:.3f}")
+
+            return self._global(run_epoch(steps.forward, steps.train_batches, optimizer=steps.optimizer,
+                                          scheduler=steps.scheduler, scaler=steps.scaler, on_step=on_step,
+                                          teacher=self.teacher, **steps.common))
 
     def _probe_epoch(self, target, val_batches, common: dict) -> None:
         """Epoch 0: the model as auto's probe left it (the head fitted, nothing else moved), kept on val unless an
@@ -243,8 +248,8 @@ class TrainingLoop:
         """The kept checkpoint, as saved (plain VGG16, FP32), on the test split: reported, never used to decide."""
         kept = runfolder.load_weights(self.out / runfolder.WEIGHTS, num_classes=self.model.classifier[6].out_features,
                                       widths=self.base_info.get("widths"))
-        loader = _eval_loader(self.test_items, self.preprocessing.eval_transform(), batch_size=self.per_rank_batch,
-                              workers=self.workers)
+        loader = eval_loader(self.data.test_items, self.data.preprocessing.eval_transform(),
+                              batch_size=self.batches.per_rank_batch, workers=self.config.workers)
         stats = run_epoch(kept.to(self.device), loader, loss_fn=self.eval_loss_fn, device=self.device,
                             precision="fp32", channels_last=False)
         return {"top1": stats.top1, "top5": stats.top5, "loss": stats.loss, "images": stats.images}
@@ -256,11 +261,11 @@ class TrainingLoop:
             if self.dist.enabled:
                 write_json(self.out / runfolder.DISTRIBUTED_JSON, {
                     "world_size": self.dist.world_size, "backend": self.dist.backend,
-                    "per_rank_batch_size": self.per_rank_batch,
+                    "per_rank_batch_size": self.batches.per_rank_batch,
                     "epoch1_train_indices": [{"rank": r, "indices": list(map(int, s))} for r, s in enumerate(shards)],
                 })
             info = read_json(self.out / runfolder.MODEL_JSON)
-            if self.test_items and "test" not in info["metrics"]:
+            if self.data.test_items and "test" not in info["metrics"]:
                 info["metrics"]["test"] = self._test_metrics()
                 runfolder.write_model_json(self.out, info)
             plot_learning_curves(self.history, self.out / runfolder.CURVES_PNG)

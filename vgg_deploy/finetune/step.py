@@ -22,7 +22,7 @@ from vgg_deploy.finetune import cases, depth_probes
 from vgg_deploy.finetune import devices
 from vgg_deploy.finetune import optimization
 from vgg_deploy.finetune.distributed import Distributed, from_environment, shutdown
-from vgg_deploy.finetune.loop import TrainingLoop
+from vgg_deploy.finetune.loop import LoopConfig, LoopData, TrainingLoop
 from vgg_deploy.heads import with_pooled_head
 from vgg_deploy.model import new_vgg16, pretrained_vgg16, replace_head
 from vgg_deploy.preprocessing import Preprocessing
@@ -197,22 +197,8 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     devices.seed_everything(config.seed)
     plan = cases.plan_for_case(decision.case, lr=config.lr, pretrained_groups=pretrained_groups,
                                epochs=config.epochs, head=head, head_init=decided["head_init"])
-    if not weights_info["pretrained"] and not plan.frozen:
-        # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
-        # BatchNorm twin learns, and each BatchNorm folds exactly into its conv when saved, so
-        # model.safetensors is still a plain torchvision VGG16.
-        model = new_vgg16(1000, batch_norm=True)
-        plan = dataclasses.replace(plan, batch_norm_folded=True)
-    console.print("plan:\n  " + "\n  ".join(plan.describe()))
-
-    replace_head(model, len(split.class_names), seed=config.seed)
-    if probe is not None:
-        with torch.no_grad():
-            model.classifier[6].weight.copy_(probe.weight)
-            model.classifier[6].bias.copy_(probe.bias)
-    model.to(device)
-    model.to(memory_format=torch.channels_last)  # VGG is all convolutions and GEMMs: helps oneDNN and cuDNN alike
-    optimization.apply_freeze(model, plan)
+    model, plan = _model_for_plan(model, plan, pretrained=weights_info["pretrained"], probe=probe,
+                                  num_classes=len(split.class_names), seed=config.seed, device=device)
 
     weights = class_weights(train_counts).to(device)
     imbalance = max(train_counts) / max(1, min(train_counts))
@@ -220,12 +206,35 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
     base_info = _base_info(split, preprocessing, decision, plan, head, weights_info, device=device,
                            precision=precision, dist=dist, config=config, class_weights=weights, imbalance=imbalance)
     loop = TrainingLoop(
-        model=model, plan=plan, config=config, out=out, device=device, precision=precision,
-        channels_last=True, loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
-        workers=config.workers, preprocessing=preprocessing, train_items=train_items, val_items=val_items,
-        test_items=test_items, base_info=base_info, dist=dist,
+        model=model, plan=plan, out=out, base_info=base_info, dist=dist,
+        config=LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                          patience=config.patience, weight_decay=config.weight_decay, device=device,
+                          precision=precision, workers=config.workers),
+        data=LoopData(preprocessing, train_items, val_items, test_items),
+        loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
     )
     return loop.run(resume=resume)
+
+
+def _model_for_plan(model: nn.Module, plan: cases.FreezePlan, *, pretrained: bool, probe, num_classes: int,
+                    seed: int, device: torch.device) -> tuple[nn.Module, cases.FreezePlan]:
+    """The model the plan trains: the new head (or auto's probe as the head), frozen groups set, on `device`."""
+    if not pretrained and not plan.frozen:
+        # From scratch, VGG16 without BatchNorm sits at ln(classes) for epochs (benchmarks/README.md); its
+        # BatchNorm twin learns, and each BatchNorm folds exactly into its conv when saved, so
+        # model.safetensors is still a plain torchvision VGG16.
+        model = new_vgg16(1000, batch_norm=True)
+        plan = dataclasses.replace(plan, batch_norm_folded=True)
+    console.print("plan:\n  " + "\n  ".join(plan.describe()))
+    replace_head(model, num_classes, seed=seed)
+    if probe is not None:
+        with torch.no_grad():
+            model.classifier[6].weight.copy_(probe.weight)
+            model.classifier[6].bias.copy_(probe.bias)
+    model.to(device)
+    model.to(memory_format=torch.channels_last)  # VGG is all convolutions and GEMMs: helps oneDNN and cuDNN alike
+    optimization.apply_freeze(model, plan)
+    return model, plan
 
 
 def _base_info(split: Split, preprocessing: Preprocessing, decision: cases.CaseDecision, plan: cases.FreezePlan,

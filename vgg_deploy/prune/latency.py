@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from vgg_deploy.benchmark.isolated import time_rounds
-from vgg_deploy.benchmark.stats import TimingPolicy
 from vgg_deploy.errors import VggDeployError
 from vgg_deploy.preprocessing import Preprocessing
 from vgg_deploy.runners.spec import RunnerSpec
+from vgg_deploy.timing.isolated import time_rounds
+from vgg_deploy.timing.stats import TimingPolicy
 
 TIMING = TimingPolicy(warmup_iterations=3, warmup_seconds=0.5, min_iterations=10, max_iterations=60, time_budget_s=2.0)
 RUNTIME = "onnxruntime FP32, CPU, batch 1"
@@ -39,3 +39,27 @@ def median_latency_ms(files: dict[str, Path], *, image_size: int, rounds: int, t
             raise VggDeployError(f"timing {name} on onnxruntime failed: {result}")
         out[name] = float(np.median([np.median(durations) for durations in result["1"]]) * 1000.0)
     return out
+
+
+class SideBySide:
+    """A candidate's batch-1 latency against the source's, each ONNX file timed in its own processes in
+    alternating rounds. The source is exported once (on first use) and reused by every candidate."""
+
+    def __init__(self, source: nn.Module, source_onnx: Path, *, preprocessing: Preprocessing, class_names: list[str],
+                 rounds: int):
+        self.source, self.source_onnx, self.rounds = source, source_onnx, rounds
+        self.preprocessing, self.class_names = preprocessing, class_names
+
+    def _export(self, model: nn.Module, path: Path) -> Path:
+        return export_for_timing(model, path, preprocessing=self.preprocessing, class_names=self.class_names)
+
+    def against_source(self, model: nn.Module, workdir: Path) -> dict:
+        if not self.source_onnx.is_file():
+            self._export(self.source, self.source_onnx)
+        files = {"source": self.source_onnx, "candidate": self._export(model, workdir / "candidate.onnx")}
+        try:
+            ms = median_latency_ms(files, image_size=self.preprocessing.image_size, rounds=self.rounds)
+        finally:
+            files["candidate"].unlink(missing_ok=True)
+        return {"ms": round(ms["candidate"], 4), "source_ms": round(ms["source"], 4),
+                "speedup": round(ms["source"] / ms["candidate"], 4), "runtime": RUNTIME}

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vgg_deploy import runfolder
+from vgg_deploy.batches import stratified_sample
 from vgg_deploy.console import console
 from vgg_deploy.data import ImageDataset, class_weights
 from vgg_deploy.errors import RunFolderError, VggDeployError
@@ -28,11 +29,13 @@ from vgg_deploy.finetune import optimization
 from vgg_deploy.finetune.cases import FC_HIDDEN, FC_LR_FACTOR, FreezePlan
 from vgg_deploy.finetune.distributed import Distributed
 from vgg_deploy.finetune.epoch import run_epoch
-from vgg_deploy.finetune.loop import TrainingLoop
+from vgg_deploy.finetune.loop import LoopConfig, LoopData, TrainingLoop
 from vgg_deploy.heads import CLASSIC, POOLED_HEAD
 from vgg_deploy.model import GROUP_NAMES, HEAD
+from vgg_deploy.prune import allocation
 from vgg_deploy.prune import latency as timing
 from vgg_deploy.prune import targets
+from vgg_deploy.prune.allocation import ALLOCATIONS
 from vgg_deploy.prune.distill import DistillationLoss
 from vgg_deploy.prune.scores import CRITERIA, channel_scores
 from vgg_deploy.prune.surgery import prune_to_widths
@@ -43,7 +46,7 @@ PRUNE_PLOT = "prune.png"
 STEP_REPORT = "prune_step.json"
 RECOVERED = "recovered.json"  # recovery finished (what remains of the step is measuring it)
 PRUNED_UNTRAINED = "pruned.safetensors"  # a step's widths before recovery: where a resumed step starts
-TARGET_JSON = "prune_target.json"  # the target and the keep fraction it resolved to
+TARGET_JSON = "prune_target.json"  # the target and what it resolved to (a keep fraction, or per-layer widths)
 TIMING_DIR = ".timing"  # the source's ONNX file, exported once for every latency comparison
 COPIED_FROM_LAST_STEP = (runfolder.WEIGHTS, runfolder.EPOCH_LOG, runfolder.CURVES_PNG)
 
@@ -55,6 +58,12 @@ class PruneConfig:
     target_macs: float | None = None  # fraction of the source's multiply-adds
     target_speedup: float | None = None  # measured on onnxruntime FP32, batch 1, against the source
     criterion: str = "taylor"
+    # uniform: every layer keeps the same fraction; sensitivity: per-layer widths from each layer's measured
+    # val-loss sensitivity (allocation.py).
+    allocation: str = "uniform"
+    # sensitivity: the val images each of its 3 x 15 evaluations runs on (a class-stratified sample; None: all);
+    # at 224 px on two cores an evaluation costs about 0.15 s an image.
+    sensitivity_images: int | None = 128
     steps: int = 3
     epochs: int = 2  # recovery epochs per step
     distill: bool = True
@@ -86,6 +95,8 @@ def recovery_plan(lr: float, *, head: str = CLASSIC) -> FreezePlan:
 def _check(config: PruneConfig) -> None:
     if (config.target_macs is None) == (config.target_speedup is None):
         raise VggDeployError("give exactly one of --target-macs and --target-speedup")
+    if config.allocation not in ALLOCATIONS:
+        raise VggDeployError(f"--allocation must be one of {', '.join(ALLOCATIONS)} (got {config.allocation!r})")
     if config.criterion not in CRITERIA:
         raise VggDeployError(f"--criterion must be one of {', '.join(CRITERIA)} (got {config.criterion!r})")
     for name in ("steps", "epochs", "round_to", "batch_size", "score_batches"):
@@ -130,6 +141,9 @@ class Pruning:
                                  f"({len(missing)} image(s) missing); recovery training needs the run's data")
         self.source_widths = self.source.widths or dict(DENSE_WIDTHS)
         self.teacher = self.source.load_model()
+        self.timer = timing.SideBySide(self.teacher, self.out / TIMING_DIR / "source.onnx",
+                                       preprocessing=self.preprocessing, class_names=self.class_names,
+                                       rounds=config.latency_rounds)
         self.hard_loss = nn.CrossEntropyLoss(weight=class_weights(self.split.class_counts(self.split.train)).to(self.device))
 
     # -- figures ---------------------------------------------------------------------------------
@@ -138,53 +152,83 @@ class Pruning:
         return {"macs": multiply_adds(widths, image_size=self.preprocessing.image_size, num_classes=n),
                 "parameters": parameter_count(widths, num_classes=n)}
 
-    def _export(self, model: nn.Module, path: Path) -> Path:
-        return timing.export_for_timing(model, path, preprocessing=self.preprocessing, class_names=self.class_names)
-
     def latency(self, model: nn.Module, workdir: Path) -> dict | None:
         """{ms, source_ms, speedup}: the model and the source side by side, or None when not measured."""
         if not self.config.latency_rounds:
             return None
-        source = self.out / TIMING_DIR / "source.onnx"
-        if not source.is_file():
-            self._export(self.teacher, source)
-        files = {"source": source, "candidate": self._export(model, workdir / "candidate.onnx")}
-        try:
-            ms = timing.median_latency_ms(files, image_size=self.preprocessing.image_size, rounds=self.config.latency_rounds)
-        finally:
-            files["candidate"].unlink(missing_ok=True)
-        return {"ms": round(ms["candidate"], 4), "source_ms": round(ms["source"], 4),
-                "speedup": round(ms["source"] / ms["candidate"], 4), "runtime": timing.RUNTIME}
+        return self.timer.against_source(model, workdir)
 
-    def evaluate(self, model: nn.Module, items) -> float:
+    def _evaluate(self, model: nn.Module, items):
         loader = DataLoader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size=self.config.batch_size,
                             num_workers=self.workers)
-        stats = run_epoch(model.to(self.device).eval(), loader, loss_fn=nn.CrossEntropyLoss(), device=self.device,
-                            precision="fp32", channels_last=False)
-        return stats.top1
+        return run_epoch(model.to(self.device).eval(), loader, loss_fn=nn.CrossEntropyLoss(), device=self.device,
+                         precision="fp32", channels_last=False)
+
+    def evaluate(self, model: nn.Module, items) -> float:
+        return self._evaluate(model, items).top1
 
     # -- targets ---------------------------------------------------------------------------------
-    def final_keep(self) -> tuple[float, dict]:
-        c, n = self.config, len(self.class_names)
+    def final_target(self) -> dict:
+        """What the last step prunes to: {"keep"} of every layer (uniform) or per-layer {"widths"}
+        (sensitivity), with the target and how it was reached."""
+        c, n, size = self.config, len(self.class_names), self.preprocessing.image_size
+        widths_for = self._uniform_widths if c.allocation == "uniform" else self._sensitivity_widths()
+        target: dict = {"allocation": c.allocation}
         if c.target_macs is not None:
-            keep = targets.keep_for_macs(self.source_widths, c.target_macs, image_size=self.preprocessing.image_size,
-                                         num_classes=n, round_to=c.round_to)
-            return keep, {"target_macs": c.target_macs}
+            target["target_macs"] = c.target_macs
+            if c.allocation == "uniform":
+                return {**target, "keep": targets.keep_for_macs(self.source_widths, c.target_macs, image_size=size,
+                                                                num_classes=n, round_to=c.round_to)}
+            return {**target, "widths": widths_for(c.target_macs), "sensitivity": self.sensitivity}
         if not c.latency_rounds:
             raise VggDeployError("--target-speedup measures latency: --latency-rounds must be at least 1")
 
         def speedup_of(widths, workdir):
             return self.latency(vgg16_with_widths(n, widths).eval(), workdir)["speedup"]
 
-        keep, probes = targets.keep_for_speedup(self.source_widths, c.target_speedup, round_to=c.round_to,
-                                                speedup_of=speedup_of)
-        return keep, {"target_speedup": c.target_speedup, "search": probes}
+        fraction, probes = targets.keep_for_speedup(c.target_speedup, widths_for=widths_for, speedup_of=speedup_of)
+        target.update(target_speedup=c.target_speedup, search=probes)
+        if c.allocation == "uniform":
+            return {**target, "keep": fraction}
+        return {**target, "widths": widths_for(fraction), "sensitivity": self.sensitivity}
+
+    def _uniform_widths(self, keep: float) -> dict[str, int]:
+        return scaled_widths(self.source_widths, keep, round_to=self.config.round_to)
+
+    def _sensitivity_widths(self):
+        """widths_for(fraction of the multiply-adds), from each layer's measured sensitivity on val."""
+        c = self.config
+        model = copy.deepcopy(self.teacher).to(self.device)
+        scores = self._scores(model, c.seed * 1000)
+        layers = allocation.measured_layers(self.source.head)
+        console.print(f"sensitivity: val loss with each of {len(layers)} layers cut alone to "
+                      f"{', '.join(map(str, allocation.SENSITIVITY_KEEPS))} of its width")
+        images = stratified_sample(self.val_items, c.sensitivity_images, seed=c.seed)
+        self.sensitivity = allocation.measure_sensitivity(
+            model, scores, layers=layers, val_loss=lambda m: self._evaluate(m, images).loss)
+        ties = allocation.POOLED_TIES if self.source.head == POOLED_HEAD else {}
+
+        def widths_for(fraction: float) -> dict[str, int]:
+            return allocation.allocate_widths(self.source_widths, self.sensitivity, target_macs=fraction,
+                                              image_size=self.preprocessing.image_size,
+                                              num_classes=len(self.class_names), round_to=c.round_to, ties=ties)
+
+        return widths_for
 
     # -- one step --------------------------------------------------------------------------------
     def _score_batches(self, seed: int) -> DataLoader:
-        generator = torch.Generator().manualD.seed_everything(seed)
+        generator = torch.Generator().manual_seed(seed)
         return DataLoader(ImageDataset(self.train_items, self.preprocessing.eval_transform()),
                           batch_size=self.config.batch_size, shuffle=True, generator=generator, num_workers=0)
+
+    def _scores(self, model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+        scores = channel_scores(model, self.config.criterion, batches=self._score_batches(seed),
+                                loss_fn=self.hard_loss, device=self.device, max_batches=self.config.score_batches)
+        if self.source.head == POOLED_HEAD:
+            # fc6's unit j averages conv5_3's channel j and fc7 passes it on: cut the same units, so the pruned
+            # head is still exactly an average and an identity over the channels that remain.
+            scores = {**scores, "fc6": scores["conv5_3"], "fc7": scores["conv5_3"]}
+        return scores
 
     def _pruned_start(self, model: nn.Module, widths: dict[str, int], step_dir: Path, seed: int) -> nn.Module:
         """This step's widths before recovery; saved, so a resumed step starts from the very same weights."""
@@ -192,17 +236,13 @@ class Pruning:
         if saved.is_file():
             return runfolder.load_weights(saved, num_classes=len(self.class_names), widths=widths)
         candidate = copy.deepcopy(model).to(self.device)  # scored where its batches run; the previous step's stays
-        scores = channel_scores(candidate, self.config.criterion, batches=self._score_batches(seed),
-                                loss_fn=self.hard_loss, device=self.device, max_batches=self.config.score_batches)
-        if self.source.head == POOLED_HEAD:
-            # fc6's unit j averages conv5_3's channel j and fc7 passes it on: cut the same units, so the pruned
-            # head is still exactly an average and an identity over the channels that remain.
-            scores = {**scores, "fc6": scores["conv5_3"], "fc7": scores["conv5_3"]}
-        pruned = prune_to_widths(candidate, widths, scores).cpu().eval()
+        pruned = prune_to_widths(candidate, widths, self._scores(candidate, seed)).cpu().eval()
         runfolder.save_weights(pruned, saved)
         return pruned
 
-    def run_step(self, index: int, model: nn.Module, widths: dict[str, int], keep: float) -> tuple[nn.Module, dict]:
+    def run_step(self, index: int, model: nn.Module, widths: dict[str, int],
+                 keep: float | None) -> tuple[nn.Module, dict]:
+        """`keep`: the fraction every layer keeps (uniform allocation), None for per-layer widths."""
         c = self.config
         step_dir = self.out / "steps" / str(index)
         if (step_dir / STEP_REPORT).is_file():  # finished before an interruption
@@ -214,14 +254,14 @@ class Pruning:
             devices.seed_everything(seed)
             pruned = self._pruned_start(model, widths, step_dir, seed)
             val_before = self.evaluate(pruned, self.val_items)
-            console.print(f"step {index}/{c.steps}: kept {keep:.3f} of each layer; val top-1 {val_before:.3f} "
-                          "before recovery")
+            kept = f"kept {keep:.3f} of each layer" if keep is not None else "per-layer widths"
+            console.print(f"step {index}/{c.steps}: {kept}; val top-1 {val_before:.3f} before recovery")
             devices.seed_everything(seed)
             self._recover(pruned, widths, step_dir, index, resume=(step_dir / runfolder.RESUME_STATE).is_file())
             write_json(recovered, {"val_top1_before_recovery": val_before})
         trained = runfolder.open_run(step_dir).load_model()
         info = read_json(step_dir / runfolder.MODEL_JSON)
-        report = {"step": index, "keep": round(keep, 4), "widths": widths, **self.work(widths),
+        report = {"step": index, "keep": None if keep is None else round(keep, 4), "widths": widths, **self.work(widths),
                   **read_json(recovered), "val_top1": info["metrics"]["val"]["top1"],
                   "test_top1": info["metrics"].get("test", {}).get("top1"),
                   "recovery_epochs_run": len(read_json_lines(step_dir / runfolder.EPOCH_LOG)),
@@ -242,31 +282,34 @@ class Pruning:
             loss_fn = DistillationLoss(self.hard_loss, temperature=c.temperature, soft_weight=c.soft_weight)
         if not resume:
             shutil.copyfile(self.source.path / runfolder.SPLIT_JSON, step_dir / runfolder.SPLIT_JSON)
-        base_info = self._model_info(widths, plan, index)
+        base_info = _step_model_info(self, widths, plan, index)
         loop = TrainingLoop(
-            model=model, plan=plan, config=c, out=step_dir, device=self.device, precision=self.precision,
-            channels_last=True, loss_fn=loss_fn, eval_loss_fn=nn.CrossEntropyLoss(), workers=self.workers,
-            preprocessing=self.preprocessing, train_items=self.train_items, val_items=self.val_items,
-            test_items=self.test_items, base_info=base_info, dist=Distributed(), teacher=teacher,
+            model=model, plan=plan, out=step_dir, base_info=base_info, dist=Distributed(), teacher=teacher,
+            config=LoopConfig(epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, patience=c.patience,
+                              weight_decay=c.weight_decay, device=self.device, precision=self.precision,
+                              workers=self.workers),
+            data=LoopData(self.preprocessing, self.train_items, self.val_items, self.test_items),
+            loss_fn=loss_fn, eval_loss_fn=nn.CrossEntropyLoss(),
         )
         loop.run(resume=resume)
 
-    def _model_info(self, widths: dict[str, int], plan: FreezePlan, index: int) -> dict:
-        source_info = self.source.info
-        info = {key: source_info[key] for key in ("arch", "num_classes", "class_names", "preprocessing", "head", "data")
-                if key in source_info}
-        info.update({
-            "widths": widths,
-            "case": source_info.get("case"),
-            "plan": plan.to_dict(),
-            "weights": {"source": str(self.source.path.resolve()), "pretrained": True, "pruned": True},
-            "pruning": {"source_run": str(self.source.path.resolve()), "step": index, "steps": self.config.steps,
-                        "criterion": self.config.criterion, "distill": self.config.distill,
-                        "round_to": self.config.round_to},
-            "training": {"device": self.device.type, "precision": self.precision, "channels_last": True},
-            "versions": source_info.get("versions", {}),
-        })
-        return info
+def _step_model_info(state: Pruning, widths: dict[str, int], plan: FreezePlan, index: int) -> dict:
+    """A step's model.json, less the metrics the loop adds: the source's description with the new widths."""
+    source_info = state.source.info
+    info = {key: source_info[key] for key in ("arch", "num_classes", "class_names", "preprocessing", "head", "data")
+            if key in source_info}
+    info.update({
+        "widths": widths,
+        "case": source_info.get("case"),
+        "plan": plan.to_dict(),
+        "weights": {"source": str(state.source.path.resolve()), "pretrained": True, "pruned": True},
+        "pruning": {"source_run": str(state.source.path.resolve()), "step": index, "steps": state.config.steps,
+                    "criterion": state.config.criterion, "distill": state.config.distill,
+                    "round_to": state.config.round_to},
+        "training": {"device": state.device.type, "precision": state.precision, "channels_last": True},
+        "versions": source_info.get("versions", {}),
+    })
+    return info
 
 
 def read_json_lines(path: Path) -> list[dict]:
@@ -284,17 +327,15 @@ def prune(config: PruneConfig, *, resume: bool = False) -> dict:
     if resume:
         # Decided once: a re-measured speed-up search could land elsewhere and change the steps' widths.
         target = read_json(out / TARGET_JSON)
-        keep = target["keep"]
     else:
         # Never time against another source's file left by an interrupted start, and leave none behind when
         # the target is refused (at 224 px it is a 530 MB ONNX file).
         shutil.rmtree(out / TIMING_DIR, ignore_errors=True)
         try:
-            keep, target = state.final_keep()
+            target = state.final_target()
         except BaseException:
             shutil.rmtree(out / TIMING_DIR, ignore_errors=True)
             raise
-        target["keep"] = keep
         # Written only once the target is known reachable, so a refused request leaves --out reusable.
         shutil.copyfile(state.source.path / runfolder.SPLIT_JSON, out / runfolder.SPLIT_JSON)
         write_json(out / TARGET_JSON, target)
@@ -305,16 +346,28 @@ def prune(config: PruneConfig, *, resume: bool = False) -> dict:
     start = {"step": 0, "keep": 1.0, "widths": state.source_widths, **state.work(state.source_widths),
              "val_top1": source_metrics.get("val", {}).get("top1"), "test_top1": source_metrics.get("test", {}).get("top1"),
              "latency": None}
-    console.print(f"pruning {state.source.path} to keep {keep:.3f} of each layer in {config.steps} step(s) "
+    to = (f"keep {target['keep']:.3f} of each layer" if "keep" in target else
+          f"per-layer widths from measured sensitivity, {state.work(target['widths'])['macs'] / start['macs']:.3f} of "
+          "the multiply-adds")
+    console.print(f"pruning {state.source.path} to {to} in {config.steps} step(s) "
                   f"({start['macs'] / 1e9:.2f} G multiply-adds now)")
     model, records = state.teacher, [start]
     for index in range(1, config.steps + 1):
-        step_keep = keep ** (index / config.steps)
-        widths = scaled_widths(state.source_widths, step_keep, round_to=config.round_to)
+        widths, step_keep = _step(state, target, index)
         model, report = state.run_step(index, model, widths, step_keep)
         records.append(report)
         _log(out, records)
     return _finish(state, records, target)
+
+
+def _step(state: Pruning, target: dict, index: int) -> tuple[dict[str, int], float | None]:
+    """Step `index`'s widths, and the fraction every layer keeps (None for per-layer widths)."""
+    c = state.config
+    if "widths" in target:
+        return allocation.step_widths(state.source_widths, target["widths"], step=index, steps=c.steps,
+                                      round_to=c.round_to), None
+    keep = target["keep"] ** (index / c.steps)
+    return scaled_widths(state.source_widths, keep, round_to=c.round_to), keep
 
 
 def _log(out: Path, records: list[dict]) -> None:

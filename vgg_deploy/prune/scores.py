@@ -23,7 +23,7 @@ def weight_norm_scores(model: nn.Module, *, p: int) -> dict[str, torch.Tensor]:
     return {name: modules[name].weight.detach().float().flatten(1).norm(p=p, dim=1).cpu() for name in PRUNABLE}
 
 
-def _relu_after(model: nn.Module) -> dict[str, nn.Module]:
+def relu_after(model: nn.Module) -> dict[str, nn.Module]:
     """The ReLU that follows each prunable layer: its output is the activation the next layer reads."""
     out = {}
     for container in (model.features, model.classifier):
@@ -57,7 +57,7 @@ def taylor_scores(model: nn.Module, batches: Iterable, *, loss_fn: nn.Module, de
 
         return forward_hook
 
-    for name, relu in _relu_after(model).items():
+    for name, relu in relu_after(model).items():
         handles.append(relu.register_forward_hook(watch(name)))
     was_training = model.training
     model.eval()

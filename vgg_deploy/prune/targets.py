@@ -28,26 +28,26 @@ def keep_for_macs(source: dict[str, int], target: float, *, image_size: int, num
     raise VggDeployError(f"--target-macs {target}: even {round_to}-wide layers do more work than that")
 
 
-def keep_for_speedup(source: dict[str, int], target: float, *, round_to: int,
+def keep_for_speedup(target: float, *, widths_for: Callable[[float], dict[str, int]],
                      speedup_of: Callable[[dict[str, int], Path], float]) -> tuple[float, list[dict]]:
-    """The largest keep fraction whose widths run at least `target` times faster than the source, by bisection
-    on measured speed-ups (`speedup_of(widths, workdir)`). Returns it and every probe."""
+    """The largest fraction whose widths (`widths_for(fraction)`: every layer's keep fraction, or the share of
+    the multiply-adds a per-layer allocation does) run at least `target` times faster than the source, by
+    bisection on measured speed-ups (`speedup_of(widths, workdir)`). Returns it and every probe."""
     if target <= 1:
         raise VggDeployError(f"--target-speedup must be above 1 (got {target})")
     probes: list[dict] = []
-    low, high = 0.0, 1.0  # keep fractions: `low` is known fast enough (or 0), `high` known too slow (or 1)
+    low, high = 0.0, 1.0  # `low` is known fast enough (or 0), `high` known too slow (or 1)
     with tempfile.TemporaryDirectory(prefix="vgg-deploy-speedup-") as workdir:
         for _ in range(SEARCH_ITERATIONS):
             keep = (low + high) / 2
-            widths = scaled_widths(source, keep, round_to=round_to)
-            speedup = speedup_of(widths, Path(workdir))
+            speedup = speedup_of(widths_for(keep), Path(workdir))
             probes.append({"keep": round(keep, 4), "speedup": round(speedup, 3)})
-            console.print(f"speed-up search: keep {keep:.3f} of each layer -> {speedup:.2f}x")
+            console.print(f"speed-up search: keep {keep:.3f} -> {speedup:.2f}x")
             if speedup >= target:
                 low = keep
             else:
                 high = keep
     if low == 0.0:
-        raise VggDeployError(f"--target-speedup {target}: not reached even at keep {high:.3f} of each layer "
+        raise VggDeployError(f"--target-speedup {target}: not reached even at keep {high:.3f} "
                              f"({probes[-1]['speedup']:.2f}x measured)")
     return low, probes

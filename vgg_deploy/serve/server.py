@@ -116,8 +116,8 @@ class TritonServer:
         if o.artifact is not None and o.artifact not in onnx_files:
             raise VggDeployError(f"serve runs the run's ONNX files on the CPU ({', '.join(onnx_files) or 'none exported'}), "
                                  f"not {o.artifact}; an engine is served by Triton's container from `export --triton-repo`")
-        choice = choose_artifact(self.run_dir, manifest, artifact=o.artifact, backend=o.backend or "onnxruntime",
-                                 threads=o.threads)
+        choice = choose_artifact(self.run_dir, manifest, artifact=o.artifact, backend=o.backend, threads=o.threads,
+                                 runtimes=CPU_RUNTIMES)
         entry = next(e for e in manifest["artifacts"] if e["name"] == choice.spec.name)
         self.artifact, self.runtime = choice.spec.name, choice.spec.kind
         error_console.print(f"artifact: {self.artifact} on {self.runtime} ({choice.why})")

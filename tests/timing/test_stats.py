@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from vgg_deploy.benchmark.stats import TimingPolicy, measure, summarize
+from vgg_deploy.timing.stats import TimingPolicy, measure, summarize
 
 
 class FakeClock:

@@ -3,7 +3,7 @@ alternating rounds (A B C A B C ...), quoted as the median of per-round medians 
 
 One process per row and round, because an idle thread pool that spins steals the cores from whatever
 runs next in the same process, and because on a noisy machine a row timed only once, in one slot, carries
-that slot's noise. The worker is `python -m vgg_deploy.benchmark.isolated SPEC POOL BATCHES TIMING`.
+that slot's noise. The worker is `python -m vgg_deploy.timing.isolated SPEC POOL BATCHES TIMING`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgg_deploy.benchmark.stats import TimingPolicy, measure
 from vgg_deploy.runners.spec import RunnerSpec, build_runner
+from vgg_deploy.timing.stats import TimingPolicy, measure
 
 
 def time_in_this_process(spec: RunnerSpec, pool: np.ndarray, batch_sizes: list[int], timing: TimingPolicy) -> dict:
@@ -47,7 +47,7 @@ def time_rounds(specs: list[RunnerSpec], pool: np.ndarray, batch_sizes: list[int
             key = spec.name + _suffix(spec)
             if isinstance(results[key], str):
                 continue  # it failed in an earlier round; one error is enough
-            command = [sys.executable, "-m", "vgg_deploy.benchmark.isolated", json.dumps(asdict(spec)), str(pool_path),
+            command = [sys.executable, "-m", "vgg_deploy.timing.isolated", json.dumps(asdict(spec)), str(pool_path),
                        ",".join(map(str, batch_sizes)), json.dumps(asdict(timing))]
             done = subprocess.run(command, capture_output=True, text=True, check=False)  # a failure is a result
             if done.returncode != 0:

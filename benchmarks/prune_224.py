@@ -1,0 +1,177 @@
+"""Pruning on the learned 224 px model: accuracy against latency, uniform against per-layer widths.
+
+Source: `learned_224.py`'s run (the offline backbone with a pooled head learned on `textures` at 224 px; 240
+test images, so one image is 0.42 points). For each allocation (`--allocation uniform` and `sensitivity`) and
+each target (`--target-macs`, default 0.7, 0.5, 0.35, 0.25):
+
+1. `vgg-deploy prune RUN --target-macs M --allocation A --steps S --epochs E` (distillation on, val picks each
+   step's checkpoint, test only reported) and its wall time on this machine;
+2. `vgg-deploy export` of the pruned run with the defaults (onnx, onnx-int8: minmax, `--equalize auto`), and
+   the INT8 file's test top-1 (its manifest's `accuracy`, every test image) against the dense run's FP32;
+3. batch-1 latency of every INT8 file on OpenVINO against the dense run's own INT8 file, exported with the same
+   defaults: each file in its own process, all of them in one set of alternating rounds.
+
+    python benchmarks/prune_224.py [--work /tmp/learned224] [--allocations uniform,sensitivity] [--macs 0.5]
+
+A point already pruned and exported under --work is reused (its recorded wall time too), so the frontier can be
+filled in over several invocations; the latency rounds always time every point present, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vgg_deploy.benchmark.machine import describe_machine
+
+MACS = (0.7, 0.5, 0.35, 0.25)
+ALLOCATIONS = ("uniform", "sensitivity")
+ROUNDS = 3
+TIMING = dict(warmup_iterations=3, warmup_seconds=1.0, min_iterations=10, max_iterations=100, time_budget_s=5.0)
+
+
+def export_defaults(run: Path) -> dict:
+    from vgg_deploy.artifacts.manifest import read_manifest
+    from vgg_deploy.export.pipeline import ExportOptions, export
+
+    manifest = read_manifest(run / "export") if (run / "export" / "manifest.json").is_file() else None
+    entry = next((e for e in (manifest or {}).get("artifacts", []) if e["name"] == "onnx-int8"), None)
+    if entry is None or entry.get("equalization", {}).get("asked") != "auto":
+        started = time.perf_counter()
+        export(run, ExportOptions(formats=["onnx", "onnx-int8"], check_images=None))
+        manifest = read_manifest(run / "export")
+        entry = next(e for e in manifest["artifacts"] if e["name"] == "onnx-int8")
+        entry["_export_seconds"] = round(time.perf_counter() - started, 1)
+    return entry
+
+
+def prune_point(source: Path, out: Path, *, macs: float, allocation: str, steps: int, epochs: int) -> dict:
+    from vgg_deploy.prune import PruneConfig, prune
+
+    timing_file = out.parent / f"{out.name}.seconds.json"
+    if not (out / "model.json").is_file():
+        started = time.perf_counter()
+        prune(PruneConfig(run=str(source), out=str(out), target_macs=macs, allocation=allocation, steps=steps,
+                          epochs=epochs, latency_rounds=0, workers=0))
+        timing_file.write_text(json.dumps({"prune_seconds": round(time.perf_counter() - started, 1)}))
+    info = json.loads((out / "model.json").read_text())
+    log = info["pruning"]["steps_report"]
+    return {"macs_fraction": log[-1]["macs"] / log[0]["macs"], "widths": info["widths"],
+            "val_top1": log[-1]["val_top1"], "fp32_test_top1": log[-1]["test_top1"],
+            **json.loads(timing_file.read_text())}
+
+
+def int8_figures(entry: dict) -> dict:
+    accuracy = entry["accuracy"]
+    return {"int8_test_top1": accuracy["top1"], "int8_agreement_with_own_fp32": accuracy["top1_agreement"],
+            "test_images": accuracy["images"], "equalization_applied": entry["equalization"]["applied"],
+            "export_seconds": entry.get("_export_seconds")}
+
+
+def openvino_latency(files: dict[str, Path], image_size: int, rounds: int) -> dict[str, dict]:
+    import tempfile
+
+    from vgg_deploy.runners.spec import RunnerSpec
+    from vgg_deploy.timing.isolated import time_rounds
+    from vgg_deploy.timing.stats import TimingPolicy
+
+    specs = [RunnerSpec("openvino", name, str(path), precision="int8") for name, path in files.items()]
+    pool = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="prune224-") as tmp:
+        raw = time_rounds(specs, pool, [1], TimingPolicy(**TIMING), rounds=rounds, workdir=Path(tmp))
+    out = {}
+    for name, result in zip(files, raw.values()):
+        if isinstance(result, str):
+            raise RuntimeError(f"timing {name} on OpenVINO failed: {result}")
+        per_round = [float(np.median(d)) * 1000 for d in result["1"]]
+        out[name] = {"p50_ms": float(np.median(per_round)), "round_p50_ms": [round(v, 3) for v in per_round]}
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for allocation, marker in zip(ALLOCATIONS, "os"):
+        points = sorted((p for p in results["points"] if p["allocation"] == allocation and "speedup" in p),
+                        key=lambda p: p["speedup"])
+        if points:
+            ax.plot([p["speedup"] for p in points], [p["int8_test_top1"] for p in points], marker=marker,
+                    label=f"{allocation} widths")
+            for p in points:
+                ax.annotate(f"{p['target_macs']:g}", (p["speedup"], p["int8_test_top1"]), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7)
+    dense = results["dense"]
+    ax.scatter([1.0], [dense["int8_test_top1"]], marker="*", s=120, color="black", label="dense INT8")
+    ax.axhspan(dense["fp32_test_top1"] - 0.01, dense["fp32_test_top1"], color="green", alpha=0.1,
+               label=f"within 1 point of dense FP32 (one test image: {100 / dense['test_images']:.2f} points)")
+    ax.axhline(dense["fp32_test_top1"], color="green", lw=0.8)
+    ax.axvline(2.5, color="gray", ls=":", lw=0.8, label="2.5x target")
+    ax.set(xlabel="speed-up over the dense INT8 file, OpenVINO, batch 1", ylabel="INT8 test top-1",
+           title="pruning at 224 px: accuracy against speed (labels: MACs kept)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/learned224")
+    parser.add_argument("--allocations", default=",".join(ALLOCATIONS))
+    parser.add_argument("--macs", default=",".join(map(str, MACS)))
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1, help="recovery epochs per step")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "prune_224.json"))
+    args = parser.parse_args()
+    work, out = Path(args.work), Path(args.json)
+    source = work / "run"
+    results = json.loads(out.read_text()) if out.is_file() else {"points": []}
+    results.update(machine=describe_machine(), settings={"steps": args.steps, "epochs": args.epochs,
+                                                         "rounds": args.rounds, "timing": TIMING})
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+    source_info = json.loads((source / "model.json").read_text())
+    dense_entry = export_defaults(source)
+    results["dense"] = {"fp32_test_top1": source_info["metrics"]["test"]["top1"], **int8_figures(dense_entry)}
+    save()
+    files = {"dense": source / "export" / dense_entry["path"]}
+    for allocation in args.allocations.split(","):
+        for macs in map(float, args.macs.split(",")):
+            folder = work / f"pruned-{allocation}-{macs:g}"
+            point = {"allocation": allocation, "target_macs": macs,
+                     **prune_point(source, folder, macs=macs, allocation=allocation, steps=args.steps,
+                                   epochs=args.epochs)}
+            point.update(int8_figures(export_defaults(folder)))
+            point["drop_vs_dense_fp32_points"] = 100 * (results["dense"]["fp32_test_top1"] - point["int8_test_top1"])
+            results["points"] = [p for p in results["points"]
+                                 if (p["allocation"], p["target_macs"]) != (allocation, macs)] + [point]
+            print(json.dumps({k: v for k, v in point.items() if k != "widths"}), flush=True)
+            save()
+            files[f"{allocation}-{macs:g}"] = folder / "export" / "model.int8.onnx"
+    latency = openvino_latency(files, source_info["preprocessing"]["image_size"], args.rounds)
+    results["latency_openvino_int8"] = latency
+    for point in results["points"]:
+        key = f"{point['allocation']}-{point['target_macs']:g}"
+        if key in latency:
+            point["speedup"] = latency["dense"]["p50_ms"] / latency[key]["p50_ms"]
+    save()
+    plot(results, out.with_suffix(".png"))
+    print(json.dumps({k: round(v["p50_ms"], 2) for k, v in latency.items()}))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
