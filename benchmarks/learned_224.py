@@ -6,7 +6,8 @@
    which is what two cores can afford at 224 px. train/ 60, val/ 30 and test/ 40 images per class (240
    test images: one image is 0.42 points). Its test top-1 is recorded. No decision looks at test.
 2. int8: `vgg-deploy export` on that run once per calibration method (minmax, percentile, entropy, and
-   auto, which picks on val), with range equalization (`--equalize`) and without (`:plain`): test top-1 drop and agreement against the FP32 ONNX on all 240 test
+   auto, which picks on val), with range equalization (`--equalize on`), without (`:plain`) and decided on val
+   (`:auto`, the default): test top-1 drop and agreement against the FP32 ONNX on all 240 test
    images, the decision figures on val, per-layer SQNR, and the wall time of each export.
 3. latency: `vgg-deploy benchmark --backends onnxruntime,openvino` on the FP32 and INT8 files (batch 1,
    each row in its own process, alternating rounds), as ratios against the same run's FP32.
@@ -77,18 +78,22 @@ def int8_row(entry: dict, seconds: float) -> dict:
 
 
 def measure_int8(run: Path, variants: list[str], save) -> list[dict]:
-    """`variants`: calibration methods, each optionally suffixed ":plain" for no range equalization."""
+    """`variants`: calibration methods, each optionally suffixed ":plain" (`--equalize off`) or ":auto" (the
+    default, `--equalize auto`: both built, the one that disagrees less on val kept); bare: `--equalize on`."""
     from vgg_deploy.artifacts.manifest import read_manifest
     from vgg_deploy.export.pipeline import ExportOptions, export
 
     rows = []
     for variant in variants:
-        method, _, plain = variant.partition(":")
+        method, _, suffix = variant.partition(":")
+        equalize = {"plain": "off", "auto": "auto", "": "on"}[suffix]
         started = time.perf_counter()
         export(run, ExportOptions(formats=["onnx", "onnx-int8"], calib_method=method, calib_images=128,
-                                  check_images=None, equalize="off" if plain else "on"))
+                                  check_images=None, equalize=equalize))
         entry = next(e for e in read_manifest(run / "export")["artifacts"] if e["name"] == "onnx-int8")
-        rows.append(int8_row(entry, time.perf_counter() - started) | {"equalized": not plain})
+        rows.append(int8_row(entry, time.perf_counter() - started)
+                    | {"equalize": equalize, "equalized": entry["equalization"]["applied"],
+                       "equalization_choice": entry["equalization"].get("choice")})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "sqnr_out_db"}), flush=True)
         save(rows)
     return rows

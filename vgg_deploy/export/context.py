@@ -63,6 +63,7 @@ class ExportContext:
 
 
 def make_context(run: Run, options: ExportOptions, export_dir: Path) -> ExportContext:
+    model = run.load_model()  # first: a checkpoint that does not match model.json is the error to report
     split, pp = run.split(), run.preprocessing
     if not split.test:
         raise ExportError(f"{run.path} has no test split (written by an older vgg-deploy); parity is reported on "
@@ -74,7 +75,6 @@ def make_context(run: Run, options: ExportOptions, export_dir: Path) -> ExportCo
     decision_items, decision_images = decision_items_for(split, options, calib_items)
     decision_batches, decision_labels = eval_batches(decision_items, pp, batch_size=options.batch_size,
                                                      memory_mb=options.eval_memory_mb)
-    model = run.load_model()
     with TorchRunner(model, name="pytorch") as torch_runner:
         reference = run_batches(torch_runner, test_batches)
         decision_reference = run_batches(torch_runner, decision_batches)

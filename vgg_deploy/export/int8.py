@@ -41,6 +41,7 @@ KEPT_PRECISION = {"cpu": ("fp32", "onnxruntime/OpenVINO CPU kernels for Conv/Gem
 # 224 px, fc7 kept cost 1.72x the all-INT8 latency with a float input and 1.06x with the rounded one
 # (benchmarks/README.md, "INT8"). TensorRT's placement has no Q/DQ on op outputs, so its input is float.
 EQUALIZED_ONNX = "equalized.onnx"
+EQUALIZED_RANGES = "equalized"  # the equalized model's ranges, one folder per method below it
 KEPT_INPUT = {"cpu": "int8-rounded by its producer's integer kernel", "tensorrt": "float"}
 
 
@@ -100,6 +101,8 @@ class RangeStore:
     matches, else collected once and stored."""
 
     def __init__(self, source: Int8Source, cache_dir: Path):
+        """`cache_dir`: one folder per method below it, for this source alone (plain and equalized models
+        each have their own: one method's ranges of the two models differ)."""
         self.source, self.cache_dir = source, cache_dir
         self.data_sha256 = calibration.hash_batches(source.calib_batches)
         self.images = int(sum(b.shape[0] for b in source.calib_batches))
@@ -249,14 +252,15 @@ def _range_stores(source: Int8Source, equalize: str, *, cache_dir: Path) -> tupl
     if equalize not in EQUALIZE_CHOICES:
         raise ExportError(f"--equalize must be one of {', '.join(EQUALIZE_CHOICES)} (got {equalize!r})")
     stores = {"plain": RangeStore(source, cache_dir)}
+    equalized_ranges = cache_dir / EQUALIZED_RANGES
     if equalize == "off":
         return stores, {"asked": "off", "why": "not asked for (--equalize off)"}
     equalized, info = _equalized(source, cache_dir=cache_dir)
     if equalized is None:
         return stores, {"asked": equalize, **info}
     if equalize == "on":
-        return {"equalized": RangeStore(equalized, cache_dir)}, {"asked": "on", **info}
-    return {**stores, "equalized": RangeStore(equalized, cache_dir)}, {"asked": "auto", **info}
+        return {"equalized": RangeStore(equalized, equalized_ranges)}, {"asked": "on", **info}
+    return {**stores, "equalized": RangeStore(equalized, equalized_ranges)}, {"asked": "auto", **info}
 
 
 def _equalization_outcome(info: dict, variant: str, trials: dict[str, float], cache_dir: Path) -> dict:
@@ -353,9 +357,10 @@ def write_tensorrt_qdq(fp32_path: Path, out: Path, *, int8_entry: dict, cache_di
     method = int8_entry["calibration"]["method"]
     if int8_entry.get("equalization", {}).get("applied"):
         fp32_path = cache_dir.parent / int8_entry["equalization"]["file"]  # the ranges are the equalized model's
+    ranges_path = cache_dir.parent / int8_entry["calibration"]["ranges"]  # the ranges the INT8 file was built with
     with tempfile.TemporaryDirectory(prefix=".tensorrt-qdq-", dir=out.parent) as scratch:
         fp32_qdq = Path(scratch) / "fp32-qdq.onnx"
-        calibration.quantize_qdq(fp32_path, fp32_qdq, ranges_path=calibration.RangeCache(cache_dir / method).ranges_path,
+        calibration.quantize_qdq(fp32_path, fp32_qdq, ranges_path=ranges_path,
                                  method=method, exclude_nodes=kept, placement="tensorrt",
                                  float_inputs_for_excluded=KEPT_INPUT["tensorrt"] == "float")
         info = qdq_float_parts_to_fp16(fp32_qdq, out, keep_fp32_nodes=keep_fp32_nodes)
