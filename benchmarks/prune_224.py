@@ -49,14 +49,15 @@ def export_defaults(run: Path) -> dict:
     return entry
 
 
-def prune_point(source: Path, out: Path, *, macs: float, allocation: str, steps: int, epochs: int) -> dict:
+def prune_point(source: Path, out: Path, *, macs: float, allocation: str, steps: int, epochs: int,
+                sensitivity_images: int) -> dict:
     from vgg_deploy.prune import PruneConfig, prune
 
     timing_file = out.parent / f"{out.name}.seconds.json"
     if not (out / "model.json").is_file():
         started = time.perf_counter()
         prune(PruneConfig(run=str(source), out=str(out), target_macs=macs, allocation=allocation, steps=steps,
-                          epochs=epochs, latency_rounds=0, workers=0))
+                          epochs=epochs, sensitivity_images=sensitivity_images, latency_rounds=0, workers=0))
         timing_file.write_text(json.dumps({"prune_seconds": round(time.perf_counter() - started, 1)}))
     info = json.loads((out / "model.json").read_text())
     log = info["pruning"]["steps_report"]
@@ -130,6 +131,9 @@ def main() -> None:
     parser.add_argument("--macs", default=",".join(map(str, MACS)))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1, help="recovery epochs per step")
+    parser.add_argument("--sensitivity-images", type=int, default=64,
+                        help="val images for --allocation sensitivity (at 224 px each of its 39 evaluations costs "
+                             "about 0.15 s an image here)")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "prune_224.json"))
     args = parser.parse_args()
@@ -137,6 +141,7 @@ def main() -> None:
     source = work / "run"
     results = json.loads(out.read_text()) if out.is_file() else {"points": []}
     results.update(machine=describe_machine(), settings={"steps": args.steps, "epochs": args.epochs,
+                                                         "sensitivity_images": args.sensitivity_images,
                                                          "rounds": args.rounds, "timing": TIMING})
 
     def save():
@@ -153,7 +158,7 @@ def main() -> None:
             folder = work / f"pruned-{allocation}-{macs:g}"
             point = {"allocation": allocation, "target_macs": macs,
                      **prune_point(source, folder, macs=macs, allocation=allocation, steps=args.steps,
-                                   epochs=args.epochs)}
+                                   epochs=args.epochs, sensitivity_images=args.sensitivity_images)}
             point.update(int8_figures(export_defaults(folder)))
             point["drop_vs_dense_fp32_points"] = 100 * (results["dense"]["fp32_test_top1"] - point["int8_test_top1"])
             results["points"] = [p for p in results["points"]

@@ -43,6 +43,9 @@ class LoopConfig:
     precision: str
     workers: int
     channels_last: bool = True
+    # Epoch 0: the starting model, evaluated on val and kept unless an epoch of training beats it (auto's probe
+    # does this by its plan; prune's recovery asks for it, so a step never ships below its pruned start).
+    start_is_candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,8 @@ class TrainingLoop:
         steps = self._setup()
         if resume:
             self._load_resume(steps.optimizer, steps.scheduler)
-        if self.plan.head_init == "probe" and not resume:
-            self._probe_epoch(steps.target, steps.val_batches, steps.common)
+        if self._start_is_candidate and not resume:
+            self._start_epoch(steps.target, steps.val_batches, steps.common)
         for epoch in range(self.start_epoch + 1, self.config.epochs + 1):
             if self._epoch(epoch, steps):
                 console.print(f"early stop: no val top-1 gain for {self.config.patience} epochs")
@@ -206,7 +209,7 @@ class TrainingLoop:
             self.stale_epochs = 0
         else:
             self.stale_epochs += 1
-        # Never while the probe (epoch 0) is still the best: the fine-tune has not yet had its schedule.
+        # Never while epoch 0 (the starting model) is still the best: training has not yet had its schedule.
         stopping_early = self.stale_epochs >= c.patience and epoch > steps.patience_from and self.best["epoch"] != 0
         if dist.is_main:
             _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
@@ -230,16 +233,25 @@ class TrainingLoop:
                                           scheduler=steps.scheduler, scaler=steps.scaler, on_step=on_step,
                                           teacher=self.teacher, **steps.common))
 
-    def _probe_epoch(self, target, val_batches, common: dict) -> None:
-        """Epoch 0: the model as auto's probe left it (the head fitted, nothing else moved), kept on val unless an
-        epoch of training beats it, so a fine-tune is accepted only when it beats the probe."""
+    @property
+    def _start_is_candidate(self) -> bool:
+        return self.plan.head_init == "probe" or self.config.start_is_candidate
+
+    @property
+    def _start_name(self) -> str:
+        return "auto's probe" if self.plan.head_init == "probe" else "the starting model"
+
+    def _start_epoch(self, target, val_batches, common: dict) -> None:
+        """Epoch 0: the model as it starts (auto's probe: the head fitted, nothing else moved; prune: the pruned
+        model before recovery), kept on val unless an epoch of training beats it."""
         self.model.eval()
         val = self._global(run_epoch(target, val_batches, **{**common, "loss_fn": self.eval_loss_fn}))
         record = {"epoch": 0, "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-                  "seconds": val.seconds, "probe": True, "best": True}
+                  "seconds": val.seconds, "start": True, "best": True, **({"probe": True} if self.plan.head_init == "probe" else {})}
         self.history.append(record)
         self.best = {"top1": val.top1, "loss": val.loss, "epoch": 0}
-        console.print(f"epoch 0 (auto's probe): val loss {val.loss:.3f} top-1 {val.top1:.3f} top-5 {val.top5:.3f} *")
+        console.print(f"epoch 0 ({self._start_name}): val loss {val.loss:.3f} top-1 {val.top1:.3f} "
+                      f"top-5 {val.top5:.3f} *")
         if self.dist.is_main:
             _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
             self._save_best(val, 0)
@@ -275,7 +287,7 @@ class TrainingLoop:
         info = self.dist.on_main(write)
         test = info["metrics"].get("test")
         if self.best["epoch"] == 0:
-            console.print("no fine-tuned epoch beat auto's probe on val: the probe is the kept model")
+            console.print(f"no trained epoch beat {self._start_name} on val: it is the kept model")
         console.print(
             f"kept epoch {self.best['epoch']}: val top-1 {info['metrics']['val']['top1']:.3f}, "
             f"top-5 {info['metrics']['val']['top5']:.3f}"

@@ -264,7 +264,7 @@ class Pruning:
         report = {"step": index, "keep": None if keep is None else round(keep, 4), "widths": widths, **self.work(widths),
                   **read_json(recovered), "val_top1": info["metrics"]["val"]["top1"],
                   "test_top1": info["metrics"].get("test", {}).get("top1"),
-                  "recovery_epochs_run": len(read_json_lines(step_dir / runfolder.EPOCH_LOG)),
+                  "recovery_epochs_run": sum(r["epoch"] > 0 for r in read_json_lines(step_dir / runfolder.EPOCH_LOG)),
                   "latency": self.latency(trained, step_dir)}
         write_json(step_dir / STEP_REPORT, report)
         (step_dir / PRUNED_UNTRAINED).unlink(missing_ok=True)
@@ -287,7 +287,7 @@ class Pruning:
             model=model, plan=plan, out=step_dir, base_info=base_info, dist=Distributed(), teacher=teacher,
             config=LoopConfig(epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, patience=c.patience,
                               weight_decay=c.weight_decay, device=self.device, precision=self.precision,
-                              workers=self.workers),
+                              workers=self.workers, start_is_candidate=True),
             data=LoopData(self.preprocessing, self.train_items, self.val_items, self.test_items),
             loss_fn=loss_fn, eval_loss_fn=nn.CrossEntropyLoss(),
         )
