@@ -148,7 +148,7 @@ def choose_variant(requested_method: str, stores: dict[str, RangeStore], out: Pa
         with atomic_path(out) as tmp:
             calibration.quantize_qdq(store.source.path, tmp, ranges_path=store.ranges(method).cache.ranges_path,
                                      method=method, placement=placement)
-        trials[f"{variant}/{method}"] = decisions.disagreement(decisions.evaluate(out))
+        trials[f"{variant}/{method}"] = round(decisions.disagreement(decisions.evaluate(out)), 4)
         console.print(f"int8: {variant} {method}: disagrees with FP32 on {trials[f'{variant}/{method}']:.2f}% of the "
                       "decision images")
     variant, method = min(candidates, key=lambda c: trials[f"{c[0]}/{c[1]}"])
