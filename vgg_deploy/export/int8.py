@@ -234,7 +234,9 @@ def build_int8(source: Int8Source, out: Path, *, request: Int8Request, decisions
     return {
         "placement": {"target": request.placement, "qdq": PLACEMENTS[request.placement]},
         "equalization": equalization,
-        "calibration": _calibration_report(store, ranges, method, _trials_by(trials, variant, key=1), cache_dir),
+        "calibration": _calibration_report(store, ranges, method,
+                                           _trials_by(trials, variant, key=1) if request.method == "auto" else {},
+                                           cache_dir),
         "accuracy": {**reported, "split": "test", "max_accuracy_drop": request.max_accuracy_drop},
         "decision": {**decision.to_dict(), **decisions.described, "criterion": "top-1 disagreement with FP32 (points)",
                      "disagreement_points": result.disagreement, "min_images": DECISION_MIN_IMAGES},
