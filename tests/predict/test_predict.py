@@ -130,6 +130,9 @@ def test_default_takes_the_fastest_measured_runtime_that_reproduced_the_checked_
     _report(tmp_path, [_row("onnx", "onnxruntime", 9.0), _row("pytorch", "torch", 1.0)])
     assert choose_artifact(tmp_path, manifest, artifact=None, backend=None,
                            runtimes=("onnxruntime", "openvino")).spec.name == "onnx"
+    # Asked for by name, OpenVINO is taken without a benchmark row beside onnxruntime (as before the choice).
+    asked = choose_artifact(tmp_path, manifest, artifact=None, backend="openvino")
+    assert (asked.spec.name, asked.spec.kind) == ("onnx-int8", "openvino")
     monkeypatch.setattr(choice_module, "installed_runtimes", lambda runtimes: ("torch",))
     assert choose_artifact(tmp_path, manifest, artifact=None, backend=None).spec.kind == "torch"
 
