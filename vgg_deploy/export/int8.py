@@ -134,26 +134,35 @@ EQUALIZE_CHOICES = ("auto", "on", "off")
 
 
 def choose_variant(requested_method: str, stores: dict[str, RangeStore], out: Path, *, decisions: DecisionImages,
-                   placement: str) -> tuple[str, str, dict[str, float]]:
-    """(variant, method, trials): among `stores` ({"plain"|"equalized": its ranges}) and the requested method
-    (every one of METHODS for "auto"), the all-INT8 file that disagrees least with FP32 on the decision images
-    (never on test); ties go to plain, then to the first in METHODS. No trials when there is one candidate."""
+                   placement: str) -> tuple[str, str, dict[str, float], np.ndarray | None]:
+    """(variant, method, trials, logits): among `stores` ({"plain"|"equalized": its ranges}) and the requested
+    method (every one of METHODS for "auto"), the all-INT8 file that disagrees least with FP32 on the decision
+    images (never on test); ties go to plain, then to the first in METHODS. With more than one candidate the
+    kept one is left at `out` with its decision `logits`, so the fallback search does not build it again; with
+    one there are no trials and no logits."""
     methods = METHODS if requested_method == "auto" else (requested_method,)
     candidates = [(variant, method) for variant in stores for method in methods]
     if len(candidates) == 1:
-        return (*candidates[0], {})
+        return (*candidates[0], {}, None)
     trials: dict[str, float] = {}
+    best: tuple[float, str, str, np.ndarray] | None = None
     for variant, method in candidates:
         store = stores[variant]
-        with atomic_path(out) as tmp:
-            calibration.quantize_qdq(store.source.path, tmp, ranges_path=store.ranges(method).cache.ranges_path,
+        trial = out.with_name(f".trial-{out.name}")
+        try:
+            calibration.quantize_qdq(store.source.path, trial, ranges_path=store.ranges(method).cache.ranges_path,
                                      method=method, placement=placement)
-        trials[f"{variant}/{method}"] = round(decisions.disagreement(decisions.evaluate(out)), 4)
-        console.print(f"int8: {variant} {method}: disagrees with FP32 on {trials[f'{variant}/{method}']:.2f}% of the "
-                      "decision images")
-    variant, method = min(candidates, key=lambda c: trials[f"{c[0]}/{c[1]}"])
+            logits = decisions.evaluate(trial)
+            points = trials[f"{variant}/{method}"] = round(decisions.disagreement(logits), 4)
+            if best is None or points < best[0]:  # strictly: a tie keeps the earlier candidate
+                best = (points, variant, method, logits)
+                trial.replace(out)
+        finally:
+            trial.unlink(missing_ok=True)
+        console.print(f"int8: {variant} {method}: disagrees with FP32 on {points:.2f}% of the decision images")
+    _, variant, method, logits = best
     console.print(f"int8: kept {variant} {method} (the lowest disagreement on the decision images)")
-    return variant, method, trials
+    return variant, method, trials, logits
 
 
 class _FallbackCandidates:
@@ -161,14 +170,21 @@ class _FallbackCandidates:
     so the final file (one of them) is not run again for the report's decision figures."""
 
     def __init__(self, source: Int8Source, ranges: CalibratedRanges, method: str, out: Path, *,
-                 decisions: DecisionImages, placement: str):
+                 decisions: DecisionImages, placement: str, all_int8_logits: np.ndarray | None = None):
+        """`all_int8_logits`: the decision logits of the all-INT8 file already at `out` (choose_variant's), if any."""
         self.source, self.ranges, self.method, self.out = source, ranges, method, out
         self.decisions, self.placement = decisions, placement
         self.logits_by_kept: dict[tuple[str, ...], np.ndarray] = {}
         self._built: tuple[str, ...] = ()
+        self._prebuilt = all_int8_logits
+        self._judged = False  # the file at `out` already has its logits in logits_by_kept
 
     def build(self, kept: list[str]) -> Path:
         self._built = tuple(kept)
+        if not kept and self._prebuilt is not None:
+            self.logits_by_kept[()], self._prebuilt, self._judged = self._prebuilt, None, True
+            return self.out
+        self._prebuilt, self._judged = None, False  # `out` is rewritten below: a later all-INT8 build is real
         with atomic_path(self.out) as tmp:
             calibration.quantize_qdq(self.source.path, tmp, ranges_path=self.ranges.cache.ranges_path,
                                      method=self.method, exclude_nodes=kept, placement=self.placement,
@@ -176,7 +192,9 @@ class _FallbackCandidates:
         return self.out
 
     def disagreement(self, path: Path) -> float:
-        self.logits_by_kept[self._built] = self.decisions.evaluate(path)
+        if not self._judged:
+            self.logits_by_kept[self._built] = self.decisions.evaluate(path)
+        self._judged = False
         return self.decisions.disagreement(self.logits_by_kept[self._built])
 
     def rank(self, path: Path) -> list[tuple[str, float]]:
@@ -189,8 +207,8 @@ def build_int8(source: Int8Source, out: Path, *, request: Int8Request, decisions
     """The INT8 file and its manifest figures. `report(path)` gives the figures on the test images; it is
     called once, after every decision."""
     stores, equalization = _range_stores(source, request.equalize, cache_dir=cache_dir)
-    variant, method, trials = choose_variant(request.method, stores, out, decisions=decisions,
-                                             placement=request.placement)
+    variant, method, trials, all_int8_logits = choose_variant(request.method, stores, out, decisions=decisions,
+                                                              placement=request.placement)
     store = stores[variant]
     source, ranges = store.source, store.ranges(method)
     equalization = _equalization_outcome(equalization, variant, _trials_by(trials, method, key=0), cache_dir)
@@ -199,7 +217,8 @@ def build_int8(source: Int8Source, out: Path, *, request: Int8Request, decisions
     cost_model = FloatCostModel()
     cost = float_cost_ms(macs, weight_elements, cost_model)
     console.print(f"int8: Q/DQ placed for {request.placement}: {PLACEMENTS[request.placement]}")
-    candidates = _FallbackCandidates(source, ranges, method, out, decisions=decisions, placement=request.placement)
+    candidates = _FallbackCandidates(source, ranges, method, out, decisions=decisions, placement=request.placement,
+                                     all_int8_logits=all_int8_logits)
     budget = float("inf") if request.max_accuracy_drop is None else request.max_accuracy_drop
     result = search_fallback(build=candidates.build, disagreement=candidates.disagreement, rank=candidates.rank,
                              cost=cost, budget=budget, max_kept=request.max_fp32_layers)
