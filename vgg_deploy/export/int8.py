@@ -176,15 +176,17 @@ class _FallbackCandidates:
         self.decisions, self.placement = decisions, placement
         self.logits_by_kept: dict[tuple[str, ...], np.ndarray] = {}
         self._built: tuple[str, ...] = ()
-        self._prebuilt = all_int8_logits
-        self._judged = False  # the file at `out` already has its logits in logits_by_kept
+        # A file is a function of what it keeps, so logits are looked up by that; the all-INT8 file is not built
+        # again while it is still the one at `out`.
+        self._all_int8_at_out = all_int8_logits is not None
+        if self._all_int8_at_out:
+            self.logits_by_kept[()] = all_int8_logits
 
     def build(self, kept: list[str]) -> Path:
         self._built = tuple(kept)
-        if not kept and self._prebuilt is not None:
-            self.logits_by_kept[()], self._prebuilt, self._judged = self._prebuilt, None, True
+        if not kept and self._all_int8_at_out:
             return self.out
-        self._prebuilt, self._judged = None, False  # `out` is rewritten below: a later all-INT8 build is real
+        self._all_int8_at_out = False
         with atomic_path(self.out) as tmp:
             calibration.quantize_qdq(self.source.path, tmp, ranges_path=self.ranges.cache.ranges_path,
                                      method=self.method, exclude_nodes=kept, placement=self.placement,
@@ -192,9 +194,8 @@ class _FallbackCandidates:
         return self.out
 
     def disagreement(self, path: Path) -> float:
-        if not self._judged:
+        if self._built not in self.logits_by_kept:
             self.logits_by_kept[self._built] = self.decisions.evaluate(path)
-        self._judged = False
         return self.decisions.disagreement(self.logits_by_kept[self._built])
 
     def rank(self, path: Path) -> list[tuple[str, float]]:
