@@ -92,19 +92,22 @@ def small_target(tmp_path_factory) -> Path:
     return root
 
 
-def _probe_on_random_features(data: Path, out: Path) -> Path:
-    """small-similar on random-init VGG16 features (64 px, CPU): a cached probe, the cheapest real run."""
+def _probe(data: Path, out: Path, *, weights: str) -> Path:
+    """small-similar (64 px, CPU): a cached probe, the cheapest real run."""
     from vgg_deploy.finetune import FinetuneConfig, finetune
 
-    finetune(FinetuneConfig(data=str(data), out=str(out), case="small-similar", weights="none",
+    finetune(FinetuneConfig(data=str(data), out=str(out), case="small-similar", weights=weights,
                             image_size=E2E_IMAGE_SIZE, epochs=15, batch_size=32, workers=0))
     return out
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, sample_data) -> Path:
-    """The end-to-end run every export/benchmark test reads: small-similar probe, 64 px, CPU."""
-    return _probe_on_random_features(sample_data, tmp_path_factory.mktemp("run") / "run")
+def trained_run(tmp_path_factory, sample_data, backbone_path) -> Path:
+    """The end-to-end run every export/benchmark test reads: a small-similar probe on the real backbone, 64 px,
+    CPU. A conv-only source gets the pooled head, as the demo's run does: its FP32 file is 59 MB, not a classic
+    head's 530 MB, and saving, hashing and handing that file to sessions was most of the session export's time.
+    A classic head (fc6-fc7 4096 wide, narrowed by pruning) is exported in tests/prune/test_prune.py."""
+    return _probe(sample_data, tmp_path_factory.mktemp("run") / "run", weights=str(backbone_path))
 
 
 @pytest.fixture(scope="session")
@@ -219,4 +222,4 @@ def backbone_run(tmp_path_factory, textures_data, backbone_path) -> Path:
 @pytest.fixture(scope="session")
 def random_features_run(tmp_path_factory, textures_data) -> Path:
     """The control for `backbone_run`: the same data, split and size, a probe on random-init VGG16 features."""
-    return _probe_on_random_features(textures_data, tmp_path_factory.mktemp("random_features_run") / "run")
+    return _probe(textures_data, tmp_path_factory.mktemp("random_features_run") / "run", weights="none")

@@ -18,6 +18,16 @@ from calibration.quantize import QUANTIZED_OP_TYPES, node_names
 from calibration.ranges import METHOD_OPTIONS
 
 
+def _as_the_graph_says(path, batch):
+    """The Q/DQ graph run op by op (no fusion into onnxruntime's integer kernels): what the quantization itself
+    does to the outputs. The fused kernels' own rounding depends on the CPU: on an AVX2 machine without VNNI
+    (2026-12-02, an AMD EPYC) the tiny model's largest error was 0.029 fused against 0.0033 op by op, so a
+    tolerance on them would test the machine, not the ranges and the Q/DQ placement."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+
+
 def _ranges(tiny_onnx, batches, tmp_path, method="minmax"):
     cache = calibration.RangeCache(tmp_path / "cache")
     key = calibration.CalibrationKey.build("model-a", calibration.hash_batches(batches), method)
@@ -45,10 +55,8 @@ def test_qdq_model_has_what_tensorrt_needs(tiny_onnx, tiny_batches, tmp_path, me
     assert props["per_tensor_activation_quantizers"] >= 3
     assert sorted(props["quantized_nodes"]) == sorted(node_names(tiny_onnx))
     assert props["quantized_graph_outputs"] == []
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    reference = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    q = session.run(None, {"input": tiny_batches[0]})[0]
-    f = reference.run(None, {"input": tiny_batches[0]})[0]
+    q = _as_the_graph_says(out, tiny_batches[0])
+    f = _as_the_graph_says(tiny_onnx, tiny_batches[0])
     assert np.abs(q - f).max() < 0.1 * np.abs(f).max() + 1e-3
 
 
@@ -133,9 +141,9 @@ def test_graph_output_is_never_quantized(tiny_onnx, tiny_batches, tmp_path, plac
     quantized_op_outputs = [n for n in graph.node if n.op_type == "QuantizeLinear"
                             and n.input[0] in producers and producers[n.input[0]].op_type in QUANTIZED_OP_TYPES]
     assert bool(quantized_op_outputs) == (placement == "cpu")
-    logits = ort.InferenceSession(str(out)).run(None, {"input": tiny_batches[0]})[0]
+    logits = _as_the_graph_says(out, tiny_batches[0])
     # A float output takes any value; through an int8 scale it would sit on a grid of 255 levels.
-    reference = ort.InferenceSession(str(tiny_onnx)).run(None, {"input": tiny_batches[0]})[0]
+    reference = _as_the_graph_says(tiny_onnx, tiny_batches[0])
     assert np.unique(logits).size == logits.size and np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
 
 

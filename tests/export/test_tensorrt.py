@@ -412,11 +412,12 @@ def test_the_int8_engine_source_runs_its_float_parts_in_fp16(exported_run, tmp_p
     for node in dequantizers:
         wanted = FP32 if node.name in into_overflowing else FP16
         assert types[node.input[1]] == wanted and types[node.output[0]] == wanted, node.name
+    # No FP32 initializer but the overflowing node's own: its dequantizers' scales and its bias (which reaches
+    # it through a Cast the converter adds).
     float32_initializers = {i.name for i in graph.initializer if i.data_type == FP32}
-    # No FP32 initializer but the overflowing node's own: its dequantizers' scales and its bias (the exporter
-    # drops all-zero biases, such as this untrained conv1_1's).
-    float32_initializers = {i.name for i in graph.initializer if i.data_type == FP32}
-    own = {n.input[1] for n in dequantizers if n.name in into_overflowing} | set(compute[0].input[2:])
+    cast_sources = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast"}
+    own = ({n.input[1] for n in dequantizers if n.name in into_overflowing}
+           | {cast_sources.get(name, name) for name in compute[0].input[2:]})
     assert float32_initializers and float32_initializers <= own
     from vgg_deploy.batches import load_batches
     from vgg_deploy.runfolder import open_run

@@ -26,12 +26,12 @@ def test_run_folder_contract(trained_run):
     assert pre["image_size"] == 64 and len(pre["mean"]) == 3 and len(pre["std"]) == 3 and pre["resize"] >= 64
     assert info["case"] == "small-similar"
     assert info["plan"]["trained"] == ["fc8"] and "conv1" in info["plan"]["frozen"]
-    assert info["weights"]["source"] == "none"
+    assert info["weights"]["pretrained"] and info["head"]["kind"] == "pooled"
     assert set(info["metrics"]["val"]) == {"top1", "top5", "loss"}
     assert info["metrics"]["test"]["images"] == 72 and info["data"]["test_images"] == 72
     assert {"torch", "torchvision"} <= set(info["versions"])
     state = load_file(str(trained_run / "model.safetensors"))
-    assert state["classifier.6.weight"].shape == (6, 4096)
+    assert state["classifier.6.weight"].shape == (6, 512)
     split = json.loads((trained_run / "split.json").read_text())
     assert len(split["train"]) == 216 and len(split["val"]) == 72 and len(split["test"]) == 72
     parts = [{p for p, _ in split[name]} for name in ("train", "val", "test")]

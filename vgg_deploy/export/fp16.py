@@ -91,6 +91,16 @@ def drop_fp16_round_trips(proto: onnx.ModelProto) -> int:
     return sum(1 for n in removed if _cast_to(n) == onnx.TensorProto.FLOAT16)
 
 
+def _drop_value_info_of_initializers(proto: onnx.ModelProto) -> None:
+    """An initializer's own type is its type. The converter records FP16 value_info for the bias of a node it
+    keeps in FP32 while leaving that bias FP32, and ONNX shape inference then rejects the graph."""
+    graph = proto.graph
+    initializers = {i.name for i in graph.initializer}
+    kept_info = [v for v in graph.value_info if v.name not in initializers]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+
+
 def _strip_save_suffix(name: str) -> str:
     try:
         from onnxruntime.quantization.qdq_loss_debug import _TENSOR_SAVE_POSTFIX as suffix
@@ -108,6 +118,7 @@ def _to_fp16(proto: onnx.ModelProto, *, keep_fp32_nodes: Sequence[str]) -> onnx.
     with contextlib.redirect_stdout(io.StringIO()):
         converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=list(keep_fp32_nodes))
     drop_fp16_round_trips(converted)
+    _drop_value_info_of_initializers(converted)
     # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
     OnnxModel(converted).topological_sort()
     return converted
