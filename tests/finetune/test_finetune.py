@@ -128,6 +128,27 @@ def test_resume_continues_from_the_last_finished_epoch(tiny_data, tmp_path, monk
         finetune(_config(tiny_data, out), resume=True)
 
 
+def test_without_resume_state_only_the_best_checkpoint_is_written(tiny_data, tmp_path, monkeypatch):
+    """--no-resume-state: interrupted after epoch 1 of 2, the best checkpoint is whole, no resume.pt was ever
+    written, and --resume says why it cannot continue. A probe keeps this cheap: fc8 alone trains."""
+    original = _TrainingLoop._train_one_epoch
+
+    def interrupted(self, epoch, steps):
+        if epoch == 2:  # epoch 1 has finished, checkpoints included
+            raise KeyboardInterrupt
+        return original(self, epoch, steps)
+
+    monkeypatch.setattr(_TrainingLoop, "_train_one_epoch", interrupted)
+    monkeypatch.setattr(_TrainingLoop, "_save_resume", lambda *_: pytest.fail("resume state written"))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_config(tiny_data, out, case="small-similar", epochs=2, resume_state=False))
+    assert runfolder.open_run(out).info["metrics"]["epoch"] == 1 and not (out / "resume.pt").exists()
+    assert json.loads((out / "config.json").read_text())["resume_state"] is False
+    with pytest.raises(RunFolderError, match="started with --no-resume-state"):
+        finetune(_config(tiny_data, out), resume=True)
+
+
 def test_skipped_bad_images_are_listed_in_the_run(tiny_data, tmp_path):
     import shutil
 

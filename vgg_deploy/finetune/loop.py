@@ -43,6 +43,7 @@ class LoopConfig:
     precision: str
     workers: int
     channels_last: bool = True
+    resume_state: bool = True  # write resume.pt after each epoch but the last
     # Epoch 0: the starting model, evaluated on val and kept unless an epoch of training beats it (auto's probe
     # does this by its plan; prune's recovery asks for it, so a step never ships below its pruned start).
     start_is_candidate: bool = False
@@ -215,7 +216,7 @@ class TrainingLoop:
             _append_jsonl(self.out / runfolder.EPOCH_LOG, record)
             if improved:
                 self._save_best(val_stats, epoch)
-            if epoch < c.epochs and not stopping_early:
+            if c.resume_state and epoch < c.epochs and not stopping_early:
                 # Not after the last epoch: the run finishes a moment later and deletes it, and for a full
                 # fine-tune it is the model plus two AdamW moments, about 1.6 GB written for nothing.
                 self._save_resume(epoch, steps.optimizer, steps.scheduler)

@@ -50,6 +50,9 @@ class FinetuneConfig:
     skip_bad_images: bool = False
     image_check: str = "cached"  # image_check.CHECK_MODES: cached (default), full, header
     workers: int | None = None
+    # resume.pt after every epoch but the last, so --resume can continue an interrupted run: the trained
+    # parameters and both AdamW moments, about 1.6 GB for a full VGG16. False: only the best checkpoint is written.
+    resume_state: bool = True
 
 
 def _versions() -> dict:
@@ -60,14 +63,19 @@ def _versions() -> dict:
     return {"vgg_deploy": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+def _why_no_resume_state(out: Path, done: bool) -> str:
+    config_path = out / runfolder.CONFIG_JSON
+    if config_path.is_file() and read_json(config_path).get("resume_state") is False:
+        return "it was started with --no-resume-state, so no resume state was written"
+    return "the run already finished" if done else "no interrupted run there"
+
+
 def _prepare_run_folder(config: FinetuneConfig, resume: bool) -> Path:
     out = check_writable_dir(config.out)
     if resume:
         if not (out / runfolder.RESUME_STATE).is_file():
             done = (out / runfolder.MODEL_JSON).is_file()
-            raise RunFolderError(
-                f"nothing to resume in {out}: " + ("the run already finished" if done else "no interrupted run there")
-            )
+            raise RunFolderError(f"nothing to resume in {out}: " + _why_no_resume_state(out, done))
     elif (out / runfolder.MODEL_JSON).is_file() or (out / runfolder.RESUME_STATE).is_file():
         raise RunFolderError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     return out
@@ -209,7 +217,7 @@ def _finetune(config: FinetuneConfig, *, resume: bool, dist: Distributed) -> dic
         model=model, plan=plan, out=out, base_info=base_info, dist=dist,
         config=LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                           patience=config.patience, weight_decay=config.weight_decay, device=device,
-                          precision=precision, workers=config.workers),
+                          precision=precision, workers=config.workers, resume_state=config.resume_state),
         data=LoopData(preprocessing, train_items, val_items, test_items),
         loss_fn=nn.CrossEntropyLoss(weight=weights), eval_loss_fn=nn.CrossEntropyLoss(),
     )
