@@ -54,13 +54,23 @@ def terminal_table(report: dict) -> Table:
     return table
 
 
+def _int8_isa(found: list[str] | None) -> str:
+    if found is None:
+        return ""
+    if not {"amx_int8", "avx512_vnni", "avx_vnni"} & set(found):
+        return (f"; int8 instructions: {', '.join(found) or 'none'}, no VNNI: onnxruntime's int8 kernels may "
+                "saturate here, so its INT8 figures may be below a VNNI machine's")
+    return f"; int8 instructions: {', '.join(found)}"
+
+
 def markdown(report: dict) -> str:
     header, lines = rows(report)
     machine = report["machine"]
     out = [
         f"# Benchmark: {report['run']}",
         "",
-        f"Machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']['name']}" if machine.get("gpu") else ""),
+        f"Machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']['name']}" if machine.get("gpu") else "")
+        + _int8_isa(machine.get("int8_instructions")),
         f"Threads: {report['settings']['threads']}; images: {report['settings']['images']} ({report['settings']['data']})",
         "",
         "| " + " | ".join(header) + " |",
