@@ -84,19 +84,17 @@ def drop_fp16_round_trips(proto: onnx.ModelProto) -> int:
     kept_nodes = [n for n in graph.node if id(n) not in gone]
     del graph.node[:]
     graph.node.extend(kept_nodes)
-    live = {name for n in graph.node for name in [*n.input, *n.output]}
-    kept_info = [v for v in graph.value_info if v.name in live]
-    del graph.value_info[:]
-    graph.value_info.extend(kept_info)
+    _keep_value_info_of_live_tensors(graph)
     return sum(1 for n in removed if _cast_to(n) == onnx.TensorProto.FLOAT16)
 
 
-def _drop_value_info_of_initializers(proto: onnx.ModelProto) -> None:
-    """An initializer's own type is its type. The converter records FP16 value_info for the bias of a node it
-    keeps in FP32 while leaving that bias FP32, and ONNX shape inference then rejects the graph."""
-    graph = proto.graph
+def _keep_value_info_of_live_tensors(graph: onnx.GraphProto) -> None:
+    """value_info for tensors nodes still read or write, and none for initializers: an initializer's own type
+    is its type. The converter records FP16 value_info for the bias of a node it keeps in FP32 while leaving
+    that bias FP32, and ONNX shape inference then rejects the graph."""
+    live = {name for n in graph.node for name in [*n.input, *n.output]}
     initializers = {i.name for i in graph.initializer}
-    kept_info = [v for v in graph.value_info if v.name not in initializers]
+    kept_info = [v for v in graph.value_info if v.name in live and v.name not in initializers]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
 
@@ -118,7 +116,6 @@ def _to_fp16(proto: onnx.ModelProto, *, keep_fp32_nodes: Sequence[str]) -> onnx.
     with contextlib.redirect_stdout(io.StringIO()):
         converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=list(keep_fp32_nodes))
     drop_fp16_round_trips(converted)
-    _drop_value_info_of_initializers(converted)
     # The converter appends its input/output Casts at the end of the node list; ONNX wants topological order.
     OnnxModel(converted).topological_sort()
     return converted
