@@ -11,8 +11,13 @@
    images, the decision figures on val, per-layer SQNR, and the wall time of each export.
 3. latency: `vgg-deploy benchmark --backends onnxruntime,openvino` on the FP32 and INT8 files (batch 1,
    each row in its own process, alternating rounds), as ratios against the same run's FP32.
+4. budget: `vgg-deploy export --max-accuracy-drop B` (the defaults otherwise) on a copy of the run, for each B in
+   --budgets: what fallback kept out of INT8, test top-1 and agreement, and the latency it costs against the
+   all-INT8 file of the same defaults (RUN/export/, as `prune_224.py` leaves it), batch 1 on onnxruntime and
+   OpenVINO, each file in its own process, in alternating rounds (`budget-latency`, so that the exports can run
+   beside other work and the timing alone).
 
-    python benchmarks/learned_224.py [--work /tmp/learned224] [--steps model,int8,latency]
+    python benchmarks/learned_224.py [--work /tmp/learned224] [--steps model,int8,latency,budget]
 """
 
 from __future__ import annotations
@@ -117,6 +122,88 @@ def measure_latency(run: Path, method: str) -> dict:
     return {"method": method, "rows": rows, "settings": report["settings"]}
 
 
+def _all_int8_entry(run: Path) -> dict:
+    from vgg_deploy.artifacts.manifest import read_manifest
+    from vgg_deploy.export.pipeline import ExportOptions, export
+
+    manifest = read_manifest(run / "export") if (run / "export" / "manifest.json").is_file() else None
+    entry = next((e for e in (manifest or {}).get("artifacts", []) if e["name"] == "onnx-int8"), None)
+    if entry is None or entry["accuracy"].get("max_accuracy_drop") is not None \
+            or entry["equalization"].get("asked") != "auto" or entry["calibration"]["method"] != "minmax":
+        export(run, ExportOptions(formats=["onnx", "onnx-int8"], check_images=None))
+        entry = next(e for e in read_manifest(run / "export")["artifacts"] if e["name"] == "onnx-int8")
+    return entry
+
+
+def _fallback_figures(entry: dict) -> dict:
+    accuracy = entry["accuracy"]
+    return {"test_top1": accuracy["top1"], "drop_points": accuracy["drop_points"],
+            "agreement": accuracy["top1_agreement"], "test_images": accuracy["images"],
+            "val_disagreement_points": entry["decision"]["disagreement_points"],
+            "kept_out_of_int8": [{k: kept[k] for k in ("layer", "precision", "input", "float_cost_ms",
+                                                       "disagreement_before", "disagreement_after")}
+                                 for kept in entry["kept_out_of_int8"]]}
+
+
+def measure_budget(run: Path, work: Path, budgets: list[float]) -> dict:
+    from vgg_deploy.artifacts.manifest import read_manifest
+    from vgg_deploy.errors import VggDeployError
+    from vgg_deploy.export.pipeline import ExportOptions, export
+
+    all_int8 = _all_int8_entry(run)
+    files = {"all-int8": run / "export" / all_int8["path"]}
+    out = {"all_int8": _fallback_figures(all_int8), "budgets": []}
+    for budget in budgets:
+        copy = work / f"run-budget-{budget:g}"
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "benchmark"))
+        started = time.perf_counter()
+        try:
+            export(copy, ExportOptions(formats=["onnx", "onnx-int8"], check_images=None, max_accuracy_drop=budget))
+        except VggDeployError as err:  # the budget not met is a result
+            out["budgets"].append({"max_accuracy_drop": budget, "met": False, "error": str(err)})
+            continue
+        entry = next(e for e in read_manifest(copy / "export")["artifacts"] if e["name"] == "onnx-int8")
+        out["budgets"].append({"max_accuracy_drop": budget, "met": True, **_fallback_figures(entry),
+                               "export_seconds": round(time.perf_counter() - started, 1)})
+        out["budgets"][-1]["path"] = str(copy / "export" / entry["path"])
+        print(json.dumps(out["budgets"][-1]), flush=True)
+    return out
+
+
+def measure_budget_latency(run: Path, budget: dict) -> dict:
+    files = {"all-int8": run / "export" / _all_int8_entry(run)["path"]}
+    files |= {f"budget-{b['max_accuracy_drop']:g}": Path(b["path"]) for b in budget["budgets"] if b["met"]}
+    return _int8_latency(files)
+
+
+def _int8_latency(files: dict[str, Path]) -> dict:
+    """Batch 1, every file on both runtimes, each in its own process, in alternating rounds."""
+    import tempfile
+
+    import numpy as np
+
+    from vgg_deploy.runners.spec import RunnerSpec
+    from vgg_deploy.timing.isolated import time_rounds
+    from vgg_deploy.timing.stats import TimingPolicy
+
+    specs = [RunnerSpec(backend, name, str(path), precision="int8")
+             for backend in ("onnxruntime", "openvino") for name, path in files.items()]
+    pool = np.random.default_rng(0).standard_normal((1, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="budget224-") as tmp:
+        raw = time_rounds(specs, pool, BATCH_SIZES, TimingPolicy(time_budget_s=TIME_BUDGET_S), rounds=ROUNDS,
+                          workdir=Path(tmp))
+    latency = {}
+    for key, result in raw.items():
+        if isinstance(result, str):
+            latency[key] = {"error": result}
+            continue
+        per_round = [float(np.median(d)) * 1000 for d in result["1"]]
+        latency[key] = {"p50_ms": float(np.median(per_round)), "round_p50_ms": [round(v, 3) for v in per_round]}
+    return latency
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/learned224")
@@ -124,6 +211,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--fresh-int8", action="store_true", help="drop the INT8 rows already in --json")
     parser.add_argument("--latency-method", default="minmax")
+    parser.add_argument("--budgets", default="0.25", help="--max-accuracy-drop values for --steps budget")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "learned_224.json"))
     args = parser.parse_args()
     work = Path(args.work)
@@ -149,6 +237,11 @@ def main() -> None:
         measure_int8(run, args.variants.split(","), save)
     if "latency" in steps:
         results["latency"] = measure_latency(run, args.latency_method)
+    if "budget" in steps:
+        results["budget"] = measure_budget(run, work, [float(b) for b in args.budgets.split(",")])
+        save()
+    if "budget-latency" in steps:
+        results["budget"]["latency"] = measure_budget_latency(run, results["budget"])
     save()
     print(f"wrote {out}")
 
