@@ -17,7 +17,7 @@
    OpenVINO, each file in its own process, in alternating rounds (`budget-latency`, so that the exports can run
    beside other work and the timing alone).
 
-    python benchmarks/learned_224.py [--work /tmp/learned224] [--steps model,int8,latency,budget]
+    python benchmarks/learned_224.py [--work /tmp/learned224] [--steps model,int8,latency,budget,budget-latency]
 """
 
 from __future__ import annotations
