@@ -122,7 +122,9 @@ def measure_latency(run: Path, method: str) -> dict:
     return {"method": method, "rows": rows, "settings": report["settings"]}
 
 
-def _all_int8_entry(run: Path) -> dict:
+def default_int8_entry(run: Path) -> dict:
+    """RUN/export's onnx-int8 entry as `vgg-deploy export` makes it with the defaults (minmax, `--equalize auto`, no
+    budget); exported first when it is missing or was made otherwise (`_export_seconds` then says how long)."""
     from vgg_deploy.artifacts.manifest import read_manifest
     from vgg_deploy.export.pipeline import ExportOptions, export
 
@@ -130,8 +132,10 @@ def _all_int8_entry(run: Path) -> dict:
     entry = next((e for e in (manifest or {}).get("artifacts", []) if e["name"] == "onnx-int8"), None)
     if entry is None or entry["accuracy"].get("max_accuracy_drop") is not None \
             or entry["equalization"].get("asked") != "auto" or entry["calibration"]["method"] != "minmax":
+        started = time.perf_counter()
         export(run, ExportOptions(formats=["onnx", "onnx-int8"], check_images=None))
         entry = next(e for e in read_manifest(run / "export")["artifacts"] if e["name"] == "onnx-int8")
+        entry["_export_seconds"] = round(time.perf_counter() - started, 1)
     return entry
 
 
@@ -150,9 +154,7 @@ def measure_budget(run: Path, work: Path, budgets: list[float]) -> dict:
     from vgg_deploy.errors import VggDeployError
     from vgg_deploy.export.pipeline import ExportOptions, export
 
-    all_int8 = _all_int8_entry(run)
-    files = {"all-int8": run / "export" / all_int8["path"]}
-    out = {"all_int8": _fallback_figures(all_int8), "budgets": []}
+    out = {"all_int8": _fallback_figures(default_int8_entry(run)), "budgets": []}
     for budget in budgets:
         copy = work / f"run-budget-{budget:g}"
         if copy.exists():
@@ -173,27 +175,28 @@ def measure_budget(run: Path, work: Path, budgets: list[float]) -> dict:
 
 
 def measure_budget_latency(run: Path, budget: dict) -> dict:
-    files = {"all-int8": run / "export" / _all_int8_entry(run)["path"]}
+    from vgg_deploy.timing.stats import TimingPolicy
+
+    files = {"all-int8": run / "export" / default_int8_entry(run)["path"]}
     files |= {f"budget-{b['max_accuracy_drop']:g}": Path(b["path"]) for b in budget["budgets"] if b["met"]}
-    return _int8_latency(files)
+    return time_int8_files(files, backends=("onnxruntime", "openvino"), timing=TimingPolicy(time_budget_s=TIME_BUDGET_S),
+                           rounds=ROUNDS)
 
 
-def _int8_latency(files: dict[str, Path]) -> dict:
-    """Batch 1, every file on both runtimes, each in its own process, in alternating rounds."""
+def time_int8_files(files: dict[str, Path], *, backends, timing, rounds: int, image_size: int = IMAGE_SIZE) -> dict:
+    """{"name (backend)": p50 of the per-round medians, and each round's} at batch 1: every file on every backend,
+    each in its own process, in alternating rounds; a row that failed gives {"error": its last line}."""
     import tempfile
 
     import numpy as np
 
     from vgg_deploy.runners.spec import RunnerSpec
     from vgg_deploy.timing.isolated import time_rounds
-    from vgg_deploy.timing.stats import TimingPolicy
 
-    specs = [RunnerSpec(backend, name, str(path), precision="int8")
-             for backend in ("onnxruntime", "openvino") for name, path in files.items()]
-    pool = np.random.default_rng(0).standard_normal((1, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="budget224-") as tmp:
-        raw = time_rounds(specs, pool, BATCH_SIZES, TimingPolicy(time_budget_s=TIME_BUDGET_S), rounds=ROUNDS,
-                          workdir=Path(tmp))
+    specs = [RunnerSpec(backend, name, str(path), precision="int8") for backend in backends for name, path in files.items()]
+    pool = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="int8-timing-") as tmp:
+        raw = time_rounds(specs, pool, [1], timing, rounds=rounds, workdir=Path(tmp))
     latency = {}
     for key, result in raw.items():
         if isinstance(result, str):

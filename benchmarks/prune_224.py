@@ -24,29 +24,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
+from learned_224 import default_int8_entry, time_int8_files  # this script's source run is learned_224's
 from vgg_deploy.benchmark.machine import describe_machine
 
 MACS = (0.7, 0.5, 0.35, 0.25)
 ALLOCATIONS = ("uniform", "sensitivity")
 ROUNDS = 3
 TIMING = dict(warmup_iterations=3, warmup_seconds=1.0, min_iterations=10, max_iterations=100, time_budget_s=5.0)
-
-
-def export_defaults(run: Path) -> dict:
-    from vgg_deploy.artifacts.manifest import read_manifest
-    from vgg_deploy.export.pipeline import ExportOptions, export
-
-    manifest = read_manifest(run / "export") if (run / "export" / "manifest.json").is_file() else None
-    entry = next((e for e in (manifest or {}).get("artifacts", []) if e["name"] == "onnx-int8"), None)
-    if entry is None or entry.get("equalization", {}).get("asked") != "auto":
-        started = time.perf_counter()
-        export(run, ExportOptions(formats=["onnx", "onnx-int8"], check_images=None))
-        manifest = read_manifest(run / "export")
-        entry = next(e for e in manifest["artifacts"] if e["name"] == "onnx-int8")
-        entry["_export_seconds"] = round(time.perf_counter() - started, 1)
-    return entry
 
 
 def prune_point(source: Path, out: Path, *, macs: float, allocation: str, steps: int, epochs: int,
@@ -74,23 +58,14 @@ def int8_figures(entry: dict) -> dict:
 
 
 def openvino_latency(files: dict[str, Path], image_size: int, rounds: int) -> dict[str, dict]:
-    import tempfile
-
-    from vgg_deploy.runners.spec import RunnerSpec
-    from vgg_deploy.timing.isolated import time_rounds
     from vgg_deploy.timing.stats import TimingPolicy
 
-    specs = [RunnerSpec("openvino", name, str(path), precision="int8") for name, path in files.items()]
-    pool = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="prune224-") as tmp:
-        raw = time_rounds(specs, pool, [1], TimingPolicy(**TIMING), rounds=rounds, workdir=Path(tmp))
-    out = {}
-    for name, result in zip(files, raw.values()):
-        if isinstance(result, str):
-            raise RuntimeError(f"timing {name} on OpenVINO failed: {result}")
-        per_round = [float(np.median(d)) * 1000 for d in result["1"]]
-        out[name] = {"p50_ms": float(np.median(per_round)), "round_p50_ms": [round(v, 3) for v in per_round]}
-    return out
+    timed = time_int8_files(files, backends=("openvino",), timing=TimingPolicy(**TIMING), rounds=rounds,
+                            image_size=image_size)
+    for name in files:
+        if "error" in timed[f"{name} (openvino)"]:
+            raise RuntimeError(f"timing {name} on OpenVINO failed: {timed[f'{name} (openvino)']['error']}")
+    return {name: timed[f"{name} (openvino)"] for name in files}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -149,7 +124,7 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
     source_info = json.loads((source / "model.json").read_text())
-    dense_entry = export_defaults(source)
+    dense_entry = default_int8_entry(source)
     results["dense"] = {"fp32_test_top1": source_info["metrics"]["test"]["top1"], **int8_figures(dense_entry)}
     save()
     files = {"dense": source / "export" / dense_entry["path"]}
@@ -159,7 +134,7 @@ def main() -> None:
             point = {"allocation": allocation, "target_macs": macs,
                      **prune_point(source, folder, macs=macs, allocation=allocation, steps=args.steps,
                                    epochs=args.epochs, sensitivity_images=args.sensitivity_images)}
-            point.update(int8_figures(export_defaults(folder)))
+            point.update(int8_figures(default_int8_entry(folder)))
             point["drop_vs_dense_fp32_points"] = 100 * (results["dense"]["fp32_test_top1"] - point["int8_test_top1"])
             results["points"] = [p for p in results["points"]
                                  if (p["allocation"], p["target_macs"]) != (allocation, macs)] + [point]
