@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import PRUNE_SETTINGS
+from vgg_deploy.errors import VggDeployError
+from vgg_deploy.prune import PruneConfig, allocation
+from vgg_deploy.prune.pipeline import Pruning
 from vgg_deploy.prune.allocation import (
     SENSITIVITY_KEEPS,
     allocate_widths,
@@ -87,3 +90,54 @@ def test_a_sensitivity_prune_records_and_reaches_its_widths(pruned_run):
     full = multiply_adds(DENSE_WIDTHS, image_size=32, num_classes=3)
     assert multiply_adds(info["widths"], image_size=32, num_classes=3) <= PRUNE_SETTINGS["target_macs"] * full
     assert len({info["widths"][n] / DENSE_WIDTHS[n] for n in PRUNABLE}) > 1  # not one fraction for all
+    assert target["sensitivity_from"] is None and target["sensitivity_seconds"] > 0
+    assert target["sensitivity_basis"]["criterion"] == "taylor" and target["sensitivity_basis"]["layers"] == list(PRUNABLE)
+
+
+def _target_reusing(learned_run, out, table_from, **changes) -> dict:
+    settings = {**PRUNE_SETTINGS, **changes}
+    state = Pruning(PruneConfig(run=str(learned_run), out=str(out), sensitivity_from=str(table_from), **settings), out)
+    return state.final_target()
+
+
+def test_a_reused_table_allocates_as_the_measured_one_did(pruned_run, learned_run, tmp_path, monkeypatch):
+    def measure(*_args, **_kwargs):
+        raise AssertionError("the table was measured again")
+
+    monkeypatch.setattr(allocation, "measure_sensitivity", measure)
+    recorded = json.loads((pruned_run / "prune_target.json").read_text())
+    target = _target_reusing(learned_run, tmp_path / "p", pruned_run)
+    assert target["widths"] == recorded["widths"] and target["sensitivity_from"] == str(pruned_run)
+    assert json.loads(json.dumps(target["sensitivity"])) == recorded["sensitivity"]
+    assert "sensitivity_seconds" not in target
+    # Another target from the same table: narrower, within it.
+    lower = _target_reusing(learned_run, tmp_path / "q", pruned_run, target_macs=0.4)
+    full = multiply_adds(DENSE_WIDTHS, image_size=32, num_classes=3)
+    assert multiply_adds(lower["widths"], image_size=32, num_classes=3) <= 0.4 * full
+    assert all(lower["widths"][n] <= target["widths"][n] for n in PRUNABLE) and lower["widths"] != target["widths"]
+
+
+def _edited_target(pruned_run, folder, edit):
+    folder.mkdir()
+    target = json.loads((pruned_run / "prune_target.json").read_text())
+    edit(target)
+    (folder / "prune_target.json").write_text(json.dumps(target))
+    return folder
+
+
+@pytest.mark.parametrize("edit, changes, message", [
+    (None, {"criterion": "l1"}, "measured with --criterion taylor, this prune asks for l1"),
+    (None, {"sensitivity_images": 7}, "--sensitivity-images"),
+    (lambda t: t["sensitivity_basis"].update(source_weights_sha256="0" * 64), {}, "another source run's weights"),
+    (lambda t: t.pop("sensitivity_basis"), {}, "does not record what it was measured on"),
+    (lambda t: t.pop("sensitivity"), {}, "measured no sensitivity"),
+])
+def test_a_table_measured_otherwise_is_refused(pruned_run, learned_run, tmp_path, edit, changes, message):
+    table_from = pruned_run if edit is None else _edited_target(pruned_run, tmp_path / "edited", edit)
+    with pytest.raises(VggDeployError, match=message):
+        _target_reusing(learned_run, tmp_path / "p", table_from, **changes)
+
+
+def test_a_table_from_a_folder_that_is_not_a_prune_names_it(learned_run, tmp_path):
+    with pytest.raises(VggDeployError, match="holds no prune_target.json"):
+        _target_reusing(learned_run, tmp_path / "p", learned_run)

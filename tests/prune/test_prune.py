@@ -105,6 +105,7 @@ def test_a_resumed_prune_ends_where_an_unbroken_one_does(pruned_run, learned_run
     (["--target-macs", "0.5", "--target-speedup", "2"], "exactly one of"),
     (["--target-macs", "1.5"], "fraction of the source model's multiply-adds"),
     (["--target-speedup", "2", "--latency-rounds", "0"], "--latency-rounds must be at least 1"),
+    (["--target-macs", "0.5", "--sensitivity-from", "elsewhere"], "needs --allocation sensitivity"),
 ])
 def test_bad_prune_requests_are_one_line_errors(learned_run, tmp_path, extra, message):
     result = CliRunner().invoke(app, ["prune", str(learned_run), "--out", str(tmp_path / "p"), *extra])

@@ -33,6 +33,10 @@ def prune_command(
         "width follows its measured val-loss sensitivity (sensitivity)."),
     sensitivity_images: int = typer.Option(128, min=1, help="--allocation sensitivity: val images each layer's "
                                            "sensitivity is measured on (a class-stratified sample)."),
+    sensitivity_from: Path = typer.Option(
+        None, help="--allocation sensitivity: reuse the sensitivity table an earlier prune of the same RUN measured "
+        "(its --out folder), instead of measuring it again; it must have been measured with the same --criterion, "
+        "--seed and --sensitivity-images."),
     steps: int = typer.Option(3, min=1, help="Prune in this many steps, recovering after each."),
     epochs: int = typer.Option(2, min=1, help="Recovery epochs per step."),
     distill: bool = typer.Option(True, help="Distil from the unpruned model while recovering."),
@@ -51,7 +55,9 @@ def prune_command(
 
     config = PruneConfig(
         run=str(run), out=str(out), target_macs=target_macs, target_speedup=target_speedup, criterion=criterion.value,
-        allocation=allocation.value, sensitivity_images=sensitivity_images, steps=steps, epochs=epochs, distill=distill, round_to=round_to, lr=lr, batch_size=batch_size,
+        allocation=allocation.value, sensitivity_images=sensitivity_images,
+        sensitivity_from=None if sensitivity_from is None else str(sensitivity_from), steps=steps, epochs=epochs,
+        distill=distill, round_to=round_to, lr=lr, batch_size=batch_size,
         latency_rounds=latency_rounds, seed=seed, device=device.value, precision=precision.value, workers=workers,
     )
     with user_errors():

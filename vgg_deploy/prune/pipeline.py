@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,20 +24,15 @@ from vgg_deploy.batches import stratified_sample
 from vgg_deploy.console import console
 from vgg_deploy.data import ImageDataset, class_weights
 from vgg_deploy.errors import RunFolderError, VggDeployError
-from vgg_deploy.fileio import check_writable_dir, read_json, write_json, write_text
+from vgg_deploy.fileio import check_writable_dir, read_json, sha256_file, write_json, write_text
 from vgg_deploy.finetune import devices
-from vgg_deploy.finetune import optimization
-from vgg_deploy.finetune.cases import FC_HIDDEN, FC_LR_FACTOR, FreezePlan
-from vgg_deploy.finetune.distributed import Distributed
 from vgg_deploy.finetune.epoch import run_epoch
-from vgg_deploy.finetune.loop import LoopConfig, LoopData, TrainingLoop
-from vgg_deploy.heads import CLASSIC, POOLED_HEAD
-from vgg_deploy.model import GROUP_NAMES, HEAD
+from vgg_deploy.heads import POOLED_HEAD
 from vgg_deploy.prune import allocation
 from vgg_deploy.prune import latency as timing
 from vgg_deploy.prune import targets
 from vgg_deploy.prune.allocation import ALLOCATIONS
-from vgg_deploy.prune.distill import DistillationLoss
+from vgg_deploy.prune.recovery import recover
 from vgg_deploy.prune.scores import CRITERIA, channel_scores
 from vgg_deploy.prune.surgery import prune_to_widths
 from vgg_deploy.widths import DENSE_WIDTHS, multiply_adds, parameter_count, scaled_widths, vgg16_with_widths
@@ -64,6 +60,9 @@ class PruneConfig:
     # sensitivity: the val images each of its 3 x 15 evaluations runs on (a class-stratified sample; None: all);
     # at 224 px on two cores an evaluation costs about 0.15 s an image.
     sensitivity_images: int | None = 128
+    # sensitivity: another prune folder of the same source whose recorded table (prune_target.json) is reused
+    # instead of measured, when it was measured with the same options (allocation.BASIS_OPTIONS).
+    sensitivity_from: str | None = None
     steps: int = 3
     epochs: int = 2  # recovery epochs per step
     distill: bool = True
@@ -82,21 +81,13 @@ class PruneConfig:
     workers: int | None = None
 
 
-def recovery_plan(lr: float, *, head: str = CLASSIC) -> FreezePlan:
-    """Every layer trains: pruning changed them all. The head keeps its weights (it is not a new task). A pooled
-    head's fc6 (the average) and fc7 (the identity) stay fixed: they were cut with conv5_3's channels."""
-    fixed = FC_HIDDEN if head == POOLED_HEAD else ()
-    trained = tuple(g for g in GROUP_NAMES if g not in fixed)
-    rates = {g: lr * FC_LR_FACTOR if g in (*FC_HIDDEN, HEAD) else lr for g in trained}
-    return FreezePlan(case="prune-recovery", frozen=(), trained=trained, reinitialised=(), lr=rates,
-                      head_warmup_epochs=0, cache_features=False, from_scratch=False, head=head, fixed=fixed)
-
-
 def _check(config: PruneConfig) -> None:
     if (config.target_macs is None) == (config.target_speedup is None):
         raise VggDeployError("give exactly one of --target-macs and --target-speedup")
     if config.allocation not in ALLOCATIONS:
         raise VggDeployError(f"--allocation must be one of {', '.join(ALLOCATIONS)} (got {config.allocation!r})")
+    if config.sensitivity_from is not None and config.allocation != "sensitivity":
+        raise VggDeployError("--sensitivity-from reuses a sensitivity table: it needs --allocation sensitivity")
     if config.criterion not in CRITERIA:
         raise VggDeployError(f"--criterion must be one of {', '.join(CRITERIA)} (got {config.criterion!r})")
     for name in ("steps", "epochs", "round_to", "batch_size", "score_batches"):
@@ -182,7 +173,7 @@ class Pruning:
             if c.allocation == "uniform":
                 return {**target, "keep": targets.keep_for_macs(self.source_widths, c.target_macs, image_size=size,
                                                                 num_classes=n, round_to=c.round_to)}
-            return {**target, "widths": widths_for(c.target_macs), "sensitivity": self.sensitivity}
+            return {**target, "widths": widths_for(c.target_macs), **self.sensitivity_record}
         if not c.latency_rounds:
             raise VggDeployError("--target-speedup measures latency: --latency-rounds must be at least 1")
 
@@ -193,7 +184,7 @@ class Pruning:
         target.update(target_speedup=c.target_speedup, search=probes)
         if c.allocation == "uniform":
             return {**target, "keep": fraction}
-        return {**target, "widths": widths_for(fraction), "sensitivity": self.sensitivity}
+        return {**target, "widths": widths_for(fraction), **self.sensitivity_record}
 
     def _uniform_widths(self, keep: float) -> dict[str, int]:
         return scaled_widths(self.source_widths, keep, round_to=self.config.round_to)
@@ -201,16 +192,20 @@ class Pruning:
     def _sensitivity_widths(self):
         """widths_for(fraction of the multiply-adds), from each layer's measured sensitivity on val."""
         c = self.config
-        model = copy.deepcopy(self.teacher).to(self.device)
-        scores = self._scores(model, c.seed * 1000)
-        layers = allocation.measured_layers(self.source.head)
-        console.print(f"sensitivity: val loss with each of {len(layers)} layers cut alone to "
-                      f"{', '.join(map(str, allocation.SENSITIVITY_KEEPS))} of its width")
-        images = stratified_sample(self.val_items, c.sensitivity_images, seed=c.seed)
-        # Decoded once (128 images at 224 px are 77 MB): every one of the layers x keeps passes reads them.
-        batches = list(self._eval_loader(images))
-        self.sensitivity = allocation.measure_sensitivity(
-            model, scores, layers=layers, val_loss=lambda m: self._evaluate(m, batches=batches).loss)
+        basis = allocation.sensitivity_basis(
+            source_weights_sha256=sha256_file(self.source.path / runfolder.WEIGHTS),
+            layers=allocation.measured_layers(self.source.head), **asdict(c))
+        measured = {}
+        if c.sensitivity_from is None:
+            started = time.perf_counter()
+            self.sensitivity = self._measure_sensitivity(tuple(basis["layers"]))
+            measured["sensitivity_seconds"] = round(time.perf_counter() - started, 1)
+        else:
+            self.sensitivity = allocation.reused_sensitivity(_read_target(Path(c.sensitivity_from)), basis,
+                                                             where=c.sensitivity_from)
+            console.print(f"sensitivity: the table {c.sensitivity_from} measured, reused")
+        self.sensitivity_record = {"sensitivity": self.sensitivity, "sensitivity_basis": basis,
+                                   "sensitivity_from": c.sensitivity_from, **measured}
         ties = allocation.POOLED_TIES if self.source.head == POOLED_HEAD else {}
 
         def widths_for(fraction: float) -> dict[str, int]:
@@ -219,6 +214,18 @@ class Pruning:
                                               num_classes=len(self.class_names), round_to=c.round_to, ties=ties)
 
         return widths_for
+
+    def _measure_sensitivity(self, layers: tuple[str, ...]) -> dict[str, dict[float, float]]:
+        c = self.config
+        model = copy.deepcopy(self.teacher).to(self.device)
+        scores = self._scores(model, c.seed * 1000)
+        console.print(f"sensitivity: val loss with each of {len(layers)} layers cut alone to "
+                      f"{', '.join(map(str, allocation.SENSITIVITY_KEEPS))} of its width")
+        images = stratified_sample(self.val_items, c.sensitivity_images, seed=c.seed)
+        # Decoded once (128 images at 224 px are 77 MB): every one of the layers x keeps passes reads them.
+        batches = list(self._eval_loader(images))
+        return allocation.measure_sensitivity(model, scores, layers=layers,
+                                              val_loss=lambda m: self._evaluate(m, batches=batches).loss)
 
     # -- one step --------------------------------------------------------------------------------
     def _score_batches(self, seed: int) -> DataLoader:
@@ -262,7 +269,7 @@ class Pruning:
             kept = f"kept {keep:.3f} of each layer" if keep is not None else "per-layer widths"
             console.print(f"step {index}/{c.steps}: {kept}; val top-1 {val_before:.3f} before recovery")
             devices.seed_everything(seed)
-            self._recover(pruned, widths, step_dir, index, resume=(step_dir / runfolder.RESUME_STATE).is_file())
+            recover(self, pruned, widths, step_dir, index, resume=(step_dir / runfolder.RESUME_STATE).is_file())
             write_json(recovered, {"val_top1_before_recovery": val_before})
         trained = runfolder.open_run(step_dir).load_model()
         info = read_json(step_dir / runfolder.MODEL_JSON)
@@ -275,46 +282,16 @@ class Pruning:
         (step_dir / PRUNED_UNTRAINED).unlink(missing_ok=True)
         return trained, report
 
-    def _recover(self, model: nn.Module, widths: dict[str, int], step_dir: Path, index: int, *, resume: bool) -> None:
-        c = self.config
-        plan = recovery_plan(c.lr, head=self.source.head)
-        model = model.to(self.device).to(memory_format=torch.channels_last)
-        optimization.apply_freeze(model, plan)
-        teacher = None
-        loss_fn: nn.Module = self.hard_loss
-        if c.distill:
-            teacher = self.teacher.to(self.device).to(memory_format=torch.channels_last).eval()
-            loss_fn = DistillationLoss(self.hard_loss, temperature=c.temperature, soft_weight=c.soft_weight)
-        if not resume:
-            shutil.copyfile(self.source.path / runfolder.SPLIT_JSON, step_dir / runfolder.SPLIT_JSON)
-        base_info = _step_model_info(self, widths, plan, index)
-        loop = TrainingLoop(
-            model=model, plan=plan, out=step_dir, base_info=base_info, dist=Distributed(), teacher=teacher,
-            config=LoopConfig(epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, patience=c.patience,
-                              weight_decay=c.weight_decay, device=self.device, precision=self.precision,
-                              workers=self.workers, start_is_candidate=True),
-            data=LoopData(self.preprocessing, self.train_items, self.val_items, self.test_items),
-            loss_fn=loss_fn, eval_loss_fn=nn.CrossEntropyLoss(),
-        )
-        loop.run(resume=resume)
 
-def _step_model_info(state: Pruning, widths: dict[str, int], plan: FreezePlan, index: int) -> dict:
-    """A step's model.json, less the metrics the loop adds: the source's description with the new widths."""
-    source_info = state.source.info
-    info = {key: source_info[key] for key in ("arch", "num_classes", "class_names", "preprocessing", "head", "data")
-            if key in source_info}
-    info.update({
-        "widths": widths,
-        "case": source_info.get("case"),
-        "plan": plan.to_dict(),
-        "weights": {"source": str(state.source.path.resolve()), "pretrained": True, "pruned": True},
-        "pruning": {"source_run": str(state.source.path.resolve()), "step": index, "steps": state.config.steps,
-                    "criterion": state.config.criterion, "distill": state.config.distill,
-                    "round_to": state.config.round_to},
-        "training": {"device": state.device.type, "precision": state.precision, "channels_last": True},
-        "versions": source_info.get("versions", {}),
-    })
-    return info
+def _read_target(folder: Path) -> dict:
+    """A prune folder's recorded target (finished or not)."""
+    path = folder / TARGET_JSON
+    if not path.is_file():
+        raise RunFolderError(f"{folder} holds no {TARGET_JSON}: it is not a prune folder")
+    try:
+        return read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunFolderError(f"{path} is not valid JSON") from None
 
 
 def read_json_lines(path: Path) -> list[dict]:
@@ -331,7 +308,7 @@ def prune(config: PruneConfig, *, resume: bool = False) -> dict:
     state = Pruning(config, out)
     if resume:
         # Decided once: a re-measured speed-up search could land elsewhere and change the steps' widths.
-        target = read_json(out / TARGET_JSON)
+        target = _read_target(out)
     else:
         # Never time against another source's file left by an interrupted start, and leave none behind when
         # the target is refused (at 224 px it is a 530 MB ONNX file).
