@@ -18,6 +18,7 @@
    beside other work and the timing alone).
 
     python benchmarks/learned_224.py [--work /tmp/learned224] [--steps model,int8,latency,budget,budget-latency]
+                                     [--head classic --lr 1e-4]   # torchvision's fc6-fc8 instead of the pooled head
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def make_data(root: Path) -> Path:
     return root
 
 
-def make_model(data: Path, run: Path) -> dict:
+def make_model(data: Path, run: Path, *, head: str = "auto", lr: float | None = None) -> dict:
     from vgg_deploy.finetune import FinetuneConfig, finetune
 
     if run.exists():
@@ -61,8 +62,8 @@ def make_model(data: Path, run: Path) -> dict:
     started = time.perf_counter()
     info = finetune(FinetuneConfig(data=str(data), out=str(run), weights=str(hed_weights_path()),
                                    case="small-similar", image_size=IMAGE_SIZE, epochs=10, batch_size=32,
-                                   workers=0))
-    return {"case": info["case"], "head": info["head"]["kind"], "val_top1": info["metrics"]["val"]["top1"],
+                                   workers=0, head=head, lr=lr))
+    return {"case": info["case"], "head": info["head"]["kind"], "lr": lr, "val_top1": info["metrics"]["val"]["top1"],
             "test_top1": info["metrics"]["test"]["top1"], "test_images": info["metrics"]["test"]["images"],
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--fresh-int8", action="store_true", help="drop the INT8 rows already in --json")
     parser.add_argument("--latency-method", default="minmax")
     parser.add_argument("--budgets", default="0.25", help="--max-accuracy-drop values for --steps budget")
+    parser.add_argument("--head", default="auto", help="finetune --head for the model step (auto: pooled)")
+    parser.add_argument("--lr", type=float, default=None, help="finetune --lr for the model step")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "learned_224.json"))
     args = parser.parse_args()
     work = Path(args.work)
@@ -233,7 +236,7 @@ def main() -> None:
 
     previous_int8 = [] if args.fresh_int8 else results.get("int8", [])
     if "model" in steps:
-        results["model"] = make_model(data, run)
+        results["model"] = make_model(data, run, head=args.head, lr=args.lr)
         print(json.dumps(results["model"]), flush=True)
         save()
     if "int8" in steps:

@@ -9,12 +9,19 @@ each target (`--target-macs`, default 0.7, 0.5, 0.35, 0.25):
 2. `vgg-deploy export` of the pruned run with the defaults (onnx, onnx-int8: minmax, `--equalize auto`), and
    the INT8 file's test top-1 (its manifest's `accuracy`, every test image) against the dense run's FP32;
 3. batch-1 latency of every INT8 file on OpenVINO against the dense run's own INT8 file, exported with the same
-   defaults: each file in its own process, all of them in one set of alternating rounds.
+   defaults: each file in its own process, all of them in one set of alternating rounds;
+4. the two allocations at equal latency: each point beside the other allocation's top-1 at its speed-up,
+   interpolated between that allocation's neighbouring points.
 
     python benchmarks/prune_224.py [--work /tmp/learned224] [--allocations uniform,sensitivity] [--macs 0.5]
 
+The sensitivity table does not depend on the target: the first sensitivity point measures it (its
+`sensitivity_seconds` say what that cost) and the others reuse it with `prune --sensitivity-from`, so their wall
+time is the prune alone.
+
 A point already pruned and exported under --work is reused (its recorded wall time too), so the frontier can be
-filled in over several invocations; the latency rounds always time every point present, side by side.
+filled in over several invocations; the latency rounds time every point whose folder is under --work, side by
+side, and a recorded point whose folder is gone is dropped (its speed-up came from other rounds).
 """
 
 from __future__ import annotations
@@ -33,20 +40,31 @@ ROUNDS = 3
 TIMING = dict(warmup_iterations=3, warmup_seconds=1.0, min_iterations=10, max_iterations=100, time_budget_s=5.0)
 
 
+def measured_table(work: Path) -> Path | None:
+    """A sensitivity point under `work` that measured its table itself (prune refuses it if its options differ)."""
+    for folder in sorted(work.glob("pruned-sensitivity-*")):
+        target = folder / "prune_target.json"
+        if target.is_file() and json.loads(target.read_text()).get("sensitivity_seconds") is not None:
+            return folder
+    return None
+
+
 def prune_point(source: Path, out: Path, *, macs: float, allocation: str, steps: int, epochs: int,
-                sensitivity_images: int) -> dict:
+                sensitivity_images: int, sensitivity_from: Path | None) -> dict:
     from vgg_deploy.prune import PruneConfig, prune
 
     timing_file = out.parent / f"{out.name}.seconds.json"
     if not (out / "model.json").is_file():
         started = time.perf_counter()
         prune(PruneConfig(run=str(source), out=str(out), target_macs=macs, allocation=allocation, steps=steps,
-                          epochs=epochs, sensitivity_images=sensitivity_images, latency_rounds=0, workers=0))
+                          epochs=epochs, sensitivity_images=sensitivity_images, latency_rounds=0, workers=0,
+                          sensitivity_from=None if sensitivity_from is None else str(sensitivity_from)))
         timing_file.write_text(json.dumps({"prune_seconds": round(time.perf_counter() - started, 1)}))
     info = json.loads((out / "model.json").read_text())
-    log = info["pruning"]["steps_report"]
+    log, target = info["pruning"]["steps_report"], info["pruning"]["target"]
     return {"macs_fraction": log[-1]["macs"] / log[0]["macs"], "widths": info["widths"],
             "val_top1": log[-1]["val_top1"], "fp32_test_top1": log[-1]["test_top1"],
+            **{key: target[key] for key in ("sensitivity_seconds", "sensitivity_from") if key in target},
             **json.loads(timing_file.read_text())}
 
 
@@ -55,6 +73,19 @@ def int8_figures(entry: dict) -> dict:
     return {"int8_test_top1": accuracy["top1"], "int8_agreement_with_own_fp32": accuracy["top1_agreement"],
             "test_images": accuracy["images"], "equalization_applied": entry["equalization"]["applied"],
             "export_seconds": entry.get("_export_seconds")}
+
+
+def exported_point(folder: Path) -> dict:
+    """int8_figures of a pruned point's default INT8 file; its export time is kept beside the prune time, so a
+    point reused by a later invocation still reports it."""
+    timing_file = folder.parent / f"{folder.name}.seconds.json"
+    figures = int8_figures(default_int8_entry(folder))
+    recorded = json.loads(timing_file.read_text())
+    if figures["export_seconds"] is None:
+        figures["export_seconds"] = recorded.get("export_seconds")
+    else:
+        timing_file.write_text(json.dumps({**recorded, "export_seconds": figures["export_seconds"]}))
+    return figures
 
 
 def openvino_latency(files: dict[str, Path], image_size: int, rounds: int) -> dict[str, dict]:
@@ -66,6 +97,27 @@ def openvino_latency(files: dict[str, Path], image_size: int, rounds: int) -> di
         if "error" in timed[f"{name} (openvino)"]:
             raise RuntimeError(f"timing {name} on OpenVINO failed: {timed[f'{name} (openvino)']['error']}")
     return {name: timed[f"{name} (openvino)"] for name in files}
+
+
+def at_equal_latency(points: list[dict]) -> list[dict]:
+    """Each timed point beside the other allocation's INT8 test top-1 at the same speed-up, interpolated
+    linearly between that allocation's two nearest timed points (only inside its measured range)."""
+    curves = {a: sorted(((p["speedup"], p["int8_test_top1"]) for p in points if p["allocation"] == a and "speedup" in p))
+              for a in ALLOCATIONS}
+    rows = []
+    for point in points:
+        if "speedup" not in point:
+            continue
+        other = next(a for a in ALLOCATIONS if a != point["allocation"])
+        curve = curves[other]
+        for (s_lo, a_lo), (s_hi, a_hi) in zip(curve, curve[1:]):
+            if s_lo <= point["speedup"] <= s_hi:
+                share = (point["speedup"] - s_lo) / (s_hi - s_lo) if s_hi > s_lo else 0.0
+                rows.append({"allocation": point["allocation"], "target_macs": point["target_macs"],
+                             "speedup": point["speedup"], "int8_test_top1": point["int8_test_top1"],
+                             f"{other}_int8_test_top1_interpolated": a_lo + share * (a_hi - a_lo)})
+                break
+    return rows
 
 
 def plot(results: dict, path: Path) -> None:
@@ -131,22 +183,31 @@ def main() -> None:
     for allocation in args.allocations.split(","):
         for macs in map(float, args.macs.split(",")):
             folder = work / f"pruned-{allocation}-{macs:g}"
+            table = measured_table(work) if allocation == "sensitivity" else None
             point = {"allocation": allocation, "target_macs": macs,
                      **prune_point(source, folder, macs=macs, allocation=allocation, steps=args.steps,
-                                   epochs=args.epochs, sensitivity_images=args.sensitivity_images)}
-            point.update(int8_figures(default_int8_entry(folder)))
+                                   epochs=args.epochs, sensitivity_images=args.sensitivity_images,
+                                   sensitivity_from=table)}
+            point.update(exported_point(folder))
             point["drop_vs_dense_fp32_points"] = 100 * (results["dense"]["fp32_test_top1"] - point["int8_test_top1"])
             results["points"] = [p for p in results["points"]
                                  if (p["allocation"], p["target_macs"]) != (allocation, macs)] + [point]
             print(json.dumps({k: v for k, v in point.items() if k != "widths"}), flush=True)
             save()
-            files[f"{allocation}-{macs:g}"] = folder / "export" / "model.int8.onnx"
+    for point in list(results["points"]):
+        folder = work / f"pruned-{point['allocation']}-{point['target_macs']:g}"
+        if (folder / "export" / "model.int8.onnx").is_file():
+            files[f"{point['allocation']}-{point['target_macs']:g}"] = folder / "export" / "model.int8.onnx"
+        else:
+            print(f"dropped {folder.name}: not under --work, so not in these rounds", flush=True)
+            results["points"].remove(point)
     latency = openvino_latency(files, source_info["preprocessing"]["image_size"], args.rounds)
     results["latency_openvino_int8"] = latency
     for point in results["points"]:
         key = f"{point['allocation']}-{point['target_macs']:g}"
         if key in latency:
             point["speedup"] = latency["dense"]["p50_ms"] / latency[key]["p50_ms"]
+    results["at_equal_latency"] = at_equal_latency(results["points"])
     save()
     plot(results, out.with_suffix(".png"))
     print(json.dumps({k: round(v["p50_ms"], 2) for k, v in latency.items()}))
